@@ -1,0 +1,40 @@
+"""Installs t5x_like: a JAX/Flax research codebase for Transformers on device meshes."""
+
+import setuptools
+
+# Compatible-release pins: the versions the suite is tested against, allowing bug-fix releases.
+INSTALL_REQUIRES = [
+    "jax~=0.10.2",
+    "flax~=0.12.8",
+    "optax~=0.2.8",
+    "orbax-checkpoint~=0.12.8",
+    "tensorflow-datasets~=4.9.10",
+    "array-record~=0.8.6",
+    "grain~=0.2.18",
+    "sentencepiece~=0.2.1",
+    "absl-py~=2.3",
+    "ml_collections~=1.1.0",
+    "tensorboardX~=2.6.2",
+    "sacrebleu~=2.5",
+    "numpy>=1.26,<3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest~=9.0", "pytest-xdist~=3.8", "ruff~=0.17.0"],
+    # The tf.data path for datasets prepared as tfrecord.
+    "tf": ["tensorflow~=2.21.0"],
+    # Hugging Face weight import/export.
+    "hf": ["torch==2.13.0", "transformers", "safetensors"],
+}
+
+setuptools.setup(
+    name="t5x_like",
+    version="0.1.0",
+    description="Encoder-decoder and decoder-only Transformers in JAX/Flax, partitioned over device meshes.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["t5x_like", "t5x_like.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,1 @@
+"""Model assemblies: decoder-only and encoder-decoder Transformers built from layers/."""

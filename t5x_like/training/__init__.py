@@ -1,0 +1,1 @@
+"""Training: TrainState, losses, optimizers and the training loop."""
