@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the training state and the data-iterator position.
+
+A checkpoint `<workdir>/checkpoints/<step>/` holds `state` (params, optimizer state, step, RNG)
+and `data_iterator` (the grain iterator's JSON state), so a resumed run continues exactly where
+the saved one was. Restoring takes abstract arrays with shardings, so a checkpoint lands directly
+on whatever mesh the restoring run has.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.serialization
+import jax
+import orbax.checkpoint as ocp
+
+from t5x_like.training.train_state import TrainState
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves carrying the target shardings."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+class Checkpointer:
+    """A thin wrapper over `ocp.CheckpointManager` for TrainState + data-iterator state."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_to_keep: int = 3,
+        save_interval_steps: int = 1,
+        async_save: bool = True,
+    ):
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_names=("state", "data_iterator"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(
+        self, step: int, state: TrainState, data_iterator: Any = None, force: bool = False
+    ) -> bool:
+        """Starts an (async) save of `state` at `step`; returns whether a save was started.
+
+        Steps that already have a checkpoint are never overwritten.
+        """
+        if step in self._manager.all_steps():
+            return False
+        items = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
+        if data_iterator is not None:
+            items["data_iterator"] = ocp.args.JsonSave(data_iterator.get_state())
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(
+        self, step: int, abstract_state: TrainState, data_iterator: Any = None
+    ) -> TrainState:
+        """Restores `step` onto the shardings in `abstract_state` (and positions the iterator)."""
+        items = {
+            "state": ocp.args.StandardRestore(flax.serialization.to_state_dict(abstract_state))
+        }
+        if data_iterator is not None:
+            items["data_iterator"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state = flax.serialization.from_state_dict(abstract_state, restored["state"])
+        if data_iterator is not None:
+            data_iterator.set_state(restored["data_iterator"])
+        return state
+
+    def wait_until_finished(self) -> None:
+        """Blocks until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

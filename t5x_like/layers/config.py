@@ -1,0 +1,66 @@
+"""Hyperparameters of the shared Transformer layers, as a frozen (hashable) dataclass.
+
+Flax modules take this object as an attribute, so it must be immutable; `from_config_dict`
+builds it from the `model` section of an experiment's ml_collections config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu", "reglu")
+GATED_ACTIVATIONS = ("swiglu", "geglu", "reglu")
+NORMS = ("rmsnorm", "layernorm")
+POSITIONS = ("rope", "learned", "sinusoidal", "none")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Shape and behaviour of a Transformer stack (shared by both model families)."""
+
+    vocab_size: int = 4096
+    d_model: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None: as many as num_heads (MHA); 1: MQA; else GQA.
+    head_dim: int | None = None  # None: d_model // num_heads.
+    mlp_dim: int = 1024
+    activation: str = "swiglu"
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    position: str = "rope"
+    max_len: int = 2048  # Size of the learned position table.
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = True
+    use_bias: bool = False
+    dropout_rate: float = 0.0
+    dtype: str = "float32"  # Compute dtype.
+    param_dtype: str = "float32"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def qkv_dim(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> Any:
+        return jnp.dtype(self.param_dtype)
+
+    @classmethod
+    def from_config_dict(cls, model_cfg: Any, **overrides: Any) -> TransformerConfig:
+        """Builds the dataclass from the fields of a config section that it knows."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dict(model_cfg).items() if k in names}
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,140 @@
+"""Device mesh, logical-axis rules and the shardings of state, batches and activations.
+
+Parameters carry logical axis names (`nn.LogicallyPartitioned`); the rules in the config map each
+logical axis to mesh axes (`data`, `fsdp`, `tensor`). Everything here is a pure function of the
+config, the mesh and abstract shapes, so shardings are known before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from t5x_like.config import MESH_AXES, ConfigError
+
+Rules = tuple[tuple[str, Any], ...]
+
+
+def make_mesh(mesh_shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor), all Auto (the compiler propagates shardings)."""
+    shape = tuple(mesh_shape[axis] for axis in MESH_AXES)
+    if devices is None:
+        devices = jax.devices()
+    if math.prod(shape) != len(devices):
+        raise ConfigError(
+            f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices "
+            f"but {len(devices)} are available: change mesh.data/fsdp/tensor."
+        )
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
+
+
+def rules_from_config(rules: Any) -> Rules:
+    """Normalises config rules (lists or tuples) into flax's ((logical, mesh_axes), ...) form."""
+    out = []
+    for rule in rules:
+        logical, axes = rule
+        if isinstance(axes, list):
+            axes = tuple(axes)
+        for axis in (axes,) if isinstance(axes, str) else axes or ():
+            if axis not in MESH_AXES:
+                raise ConfigError(
+                    f"partitioning.rules maps '{logical}' to unknown mesh axis '{axis}'; "
+                    f"mesh axes are {MESH_AXES}."
+                )
+        out.append((logical, axes))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """Makes `mesh` and `rules` current, so logical constraints in modules take effect."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def logical_sharding(mesh: Mesh, rules: Rules, logical_axes: Sequence[str | None]) -> NamedSharding:
+    """The NamedSharding of an array whose dimensions have the given logical names."""
+    return nn.logical_to_mesh_sharding(PartitionSpec(*logical_axes), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Sharding of [batch, length] input arrays."""
+    return logical_sharding(mesh, rules, ("batch", "length"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def params_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for params from their logical annotations (boxed, abstract)."""
+    logical_specs = nn.get_partition_spec(abstract_boxed_params)
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def _path_key(path: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def opt_state_shardings(
+    abstract_opt_state: Any, abstract_params: Any, param_shardings: Any, mesh: Mesh
+) -> Any:
+    """Shards each optimizer-state leaf like the parameter it tracks, else replicates it.
+
+    Optax states hold trees that mirror the params (Adam's mu/nu), so a state leaf whose path ends
+    with a parameter's path and has that parameter's shape gets its sharding. Leaves of other
+    shapes (step counts, Adafactor's factored row/column statistics) are small and replicated.
+    """
+    by_path = {}
+    flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    flat_shardings = jax.tree_util.tree_leaves(param_shardings)
+    for (path, leaf), sharding in zip(flat_params, flat_shardings, strict=True):
+        by_path[_path_key(path)] = (leaf.shape, sharding)
+    rep = replicated(mesh)
+
+    def pick(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
+        key = _path_key(path)
+        for start in range(len(key)):
+            match = by_path.get(key[start:])
+            if match is not None and match[0] == leaf.shape:
+                return match[1]
+        return rep
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def check_divisible(abstract_tree: Any, shardings: Any, what: str = "parameter") -> None:
+    """Raises ConfigError if a sharded dimension is not divisible by its mesh axes' size."""
+    flat = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
+    for (path, leaf), sharding in zip(flat, jax.tree_util.tree_leaves(shardings), strict=True):
+        mesh_shape = sharding.mesh.shape
+        for dim, axes in enumerate(sharding.spec):
+            if axes is None:
+                continue
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            size = math.prod(mesh_shape[a] for a in axes)
+            if leaf.shape[dim] % size:
+                name = "/".join(_path_key(path))
+                raise ConfigError(
+                    f"{what} {name} has shape {tuple(leaf.shape)}; its dimension {dim} "
+                    f"({leaf.shape[dim]}) is sharded over mesh axes {axes} of size {size} and is "
+                    "not divisible by it. Change the model size, the mesh, or the rule for this "
+                    "axis in partitioning.rules."
+                )
+
+
+def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, Any]:
+    """Assembles each process's rows into global jax.Arrays sharded along the batch."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }

@@ -1,0 +1,67 @@
+"""Helpers shared by the tests: tiny configs and synthetic batches."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str = "decoder_only"):
+    """Loads configs/<name>.py's get_config() the way config_flags does."""
+    spec = importlib.util.spec_from_file_location(
+        f"configs_{name}", REPO / "configs" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_config(**overrides):
+    """The default config shrunk to a model that trains in milliseconds on CPU.
+
+    Overrides are dotted paths, e.g. tiny_config(**{"model.num_layers": 1}).
+    """
+    cfg = load_config()
+    cfg.model.update(
+        vocab_size=128, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64
+    )
+    cfg.data.seq_len = 16
+    cfg.train.update(batch_size=8, steps=10, log_every=1, eval_every=0, checkpoint_every=5)
+    cfg.train.compilation_cache_dir = ""
+    cfg.optimizer.warmup_steps = 2
+    for path, value in overrides.items():
+        section, field = path.rsplit(".", 1) if "." in path else ("", path)
+        target = cfg
+        for part in filter(None, section.split(".")):
+            target = target[part]
+        target[field] = value
+    return cfg
+
+
+def synthetic_batch(
+    batch_size: int, seq_len: int, vocab_size: int, seed: int = 0, packed: bool = True
+) -> dict[str, np.ndarray]:
+    """A random batch in the pipeline's format; when packed, each row holds 2-3 documents."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(3, vocab_size, size=(batch_size, seq_len), dtype=np.int32)
+    segment_ids = np.zeros((batch_size, seq_len), np.int32)
+    positions = np.zeros((batch_size, seq_len), np.int32)
+    for row in range(batch_size):
+        used = seq_len - int(rng.integers(0, seq_len // 4))
+        cuts = sorted(rng.choice(np.arange(2, used - 1), size=2, replace=False)) if packed else []
+        bounds = [0, *cuts, used]
+        for seg, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True), start=1):
+            segment_ids[row, a:b] = seg
+            positions[row, a:b] = np.arange(b - a)
+    targets = np.where(segment_ids > 0, targets, 0)
+    inputs = np.where(positions == 0, 0, np.roll(targets, 1, axis=1)).astype(np.int32)
+    inputs = np.where(segment_ids > 0, inputs, 0)
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "segment_ids": segment_ids,
+        "positions": positions,
+        "weights": (segment_ids > 0).astype(np.float32),
+    }
