@@ -31,7 +31,7 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, scaled by 1/sqrt(d_model) to keep them O(1)."""
         table = jnp.asarray(self.embedding, self.config.compute_dtype)
-        logits = jnp.einsum("bld,vd->blv", x, table) / np.sqrt(self.config.d_model)
+        logits = jnp.einsum("bld,vd->blv", x, table) * float(self.config.d_model**-0.5)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

@@ -1,0 +1,80 @@
+"""Config errors: each a clear message naming the field, raised before anything compiles."""
+
+import jax
+import pytest
+from testutil import load_config, tiny_config
+
+from t5x_like import config as config_lib
+from t5x_like.config import ConfigError
+from t5x_like.training import trainer
+
+BAD_CONFIGS = [
+    (
+        {"model.d_model": 30, "model.num_heads": 4},
+        r"model.d_model=30 is not divisible by model.num_heads=4",
+    ),
+    ({"model.num_kv_heads": 3}, r"model.num_heads=4 is not a multiple of model.num_kv_heads=3"),
+    ({"mesh.data": 3}, r"= 3 devices, but this run has 8"),
+    ({"mesh.data": 3, "mesh.fsdp": -1}, r"mesh .* cannot fill 8 devices"),
+    (
+        {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 1},
+        r"= 4 devices, but this run has 8",
+    ),
+    (
+        {"train.batch_size": 12},
+        r"train.batch_size=12 is not divisible by the data-parallel size .* = 8",
+    ),
+    ({"model.activation": "swish"}, r"model.activation='swish' is not supported; choose one of"),
+    ({"model.position": "alibi"}, r"model.position='alibi' is not supported; choose one of"),
+    ({"model.norm": "batchnorm"}, r"model.norm='batchnorm' is not supported"),
+    ({"optimizer.name": "lamb"}, r"optimizer.name='lamb' is not supported"),
+    ({"model.num_layers": 0}, r"model.num_layers=0 must be a positive integer"),
+    ({"optimizer.warmup_steps": 20}, r"warmup_steps=20 must be smaller than train.steps=10"),
+    (
+        {"mesh.data": 1, "mesh.tensor": 8},
+        r"model.num_heads=4 is not divisible by the mesh axes \('tensor',\) \(size 8\)",
+    ),
+    (
+        {"model.position": "learned", "model.max_len": 8},
+        r"data.seq_len=16 exceeds model.max_len=8",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS, ids=lambda x: str(x)[:40])
+def test_bad_config_fails_fast_with_clear_message(overrides, message):
+    cfg = tiny_config(**overrides)
+    compiles = trainer.compile_count()
+    with pytest.raises(ConfigError, match=message):
+        trainer.assemble_experiment(cfg)
+    assert trainer.compile_count() == compiles  # Nothing was compiled before the error.
+
+
+def test_default_config_is_valid_on_8_devices():
+    mesh = config_lib.validate_config(load_config(), device_count=8)
+    assert mesh == {"data": 8, "fsdp": 1, "tensor": 1}
+
+
+def test_mesh_minus_one_fills_remaining_devices():
+    cfg = tiny_config(**{"mesh.data": 2, "mesh.fsdp": -1, "mesh.tensor": 2})
+    assert config_lib.resolve_mesh_shape(cfg.mesh, jax.device_count()) == {
+        "data": 2,
+        "fsdp": 2,
+        "tensor": 2,
+    }
+
+
+def test_model_vocab_smaller_than_vocabulary_is_an_error():
+    class FakeVocab:
+        vocab_size = 1000
+
+    cfg = tiny_config(**{"model.vocab_size": 512})
+    with pytest.raises(ConfigError, match=r"model.vocab_size=512 is smaller than the vocabulary"):
+        trainer.assemble_experiment(cfg, vocab=FakeVocab())
+
+
+def test_saved_config_round_trips_as_json(tmp_path):
+    cfg = tiny_config()
+    path = config_lib.save_config(cfg, str(tmp_path))
+    text = open(path).read()
+    assert '"num_layers": 2' in text and '"seq_len": 16' in text
