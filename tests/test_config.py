@@ -6,7 +6,7 @@ from testutil import load_config, tiny_config
 
 from t5x_like import config as config_lib
 from t5x_like.config import ConfigError
-from t5x_like.training import trainer
+from t5x_like.training import compilation, experiment
 
 BAD_CONFIGS = [
     (
@@ -44,10 +44,10 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("overrides, message", BAD_CONFIGS, ids=lambda x: str(x)[:40])
 def test_bad_config_fails_fast_with_clear_message(overrides, message):
     cfg = tiny_config(**overrides)
-    compiles = trainer.compile_count()
+    compiles = compilation.compile_count()
     with pytest.raises(ConfigError, match=message):
-        trainer.assemble_experiment(cfg)
-    assert trainer.compile_count() == compiles  # Nothing was compiled before the error.
+        experiment.assemble_experiment(cfg)
+    assert compilation.compile_count() == compiles  # Nothing was compiled before the error.
 
 
 def test_default_config_is_valid_on_8_devices():
@@ -70,7 +70,7 @@ def test_model_vocab_smaller_than_vocabulary_is_an_error():
 
     cfg = tiny_config(**{"model.vocab_size": 512})
     with pytest.raises(ConfigError, match=r"model.vocab_size=512 is smaller than the vocabulary"):
-        trainer.assemble_experiment(cfg, vocab=FakeVocab())
+        experiment.assemble_experiment(cfg, vocab=FakeVocab())
 
 
 def test_saved_config_round_trips_as_json(tmp_path):

@@ -8,14 +8,14 @@ from testutil import synthetic_batch, tiny_config
 
 from t5x_like import partitioning
 from t5x_like.config import ConfigError
-from t5x_like.training import trainer
+from t5x_like.training import experiment
 
 
 def _run(cfg, devices, batches):
-    exp = trainer.assemble_experiment(cfg, devices=devices)
-    _, shardings = trainer.state_shardings(exp)
-    state = trainer.init_state(exp, shardings)
-    jit_train, _ = trainer.jit_steps(exp, shardings)
+    exp = experiment.assemble_experiment(cfg, devices=devices)
+    _, shardings = experiment.state_shardings(exp)
+    state = experiment.init_state(exp, shardings)
+    jit_train, _ = experiment.jit_steps(exp, shardings)
     losses = []
     with partitioning.activate(exp.mesh, exp.rules):
         for batch in batches:
@@ -48,9 +48,9 @@ def test_sharded_step_matches_single_device():
 def test_params_and_adam_state_sharded_as_rules_say():
     cfg = tiny_config()
     cfg.mesh.update(data=2, fsdp=2, tensor=2)
-    exp = trainer.assemble_experiment(cfg)
-    _, shardings = trainer.state_shardings(exp)
-    state = trainer.init_state(exp, shardings)
+    exp = experiment.assemble_experiment(cfg)
+    _, shardings = experiment.state_shardings(exp)
+    state = experiment.init_state(exp, shardings)
     params = state.params
     layer = params["decoder"]["layers_0"]
     expected = {
@@ -81,9 +81,9 @@ def test_indivisible_param_dimension_is_a_config_error():
     cfg = tiny_config(**{"model.mlp_dim": 66})
     cfg.mesh.update(data=2, fsdp=1, tensor=4)
     cfg.model.num_kv_heads = 4
-    exp = trainer.assemble_experiment(cfg)
+    exp = experiment.assemble_experiment(cfg)
     with pytest.raises(ConfigError, match=r"mlp/wi_0/kernel.*not divisible"):
-        trainer.state_shardings(exp)
+        experiment.state_shardings(exp)
 
 
 def test_make_mesh_rejects_wrong_device_count():

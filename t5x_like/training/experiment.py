@@ -1,0 +1,220 @@
+"""An experiment built from its config: mesh, data, vocabulary, model, optimizer, shardings.
+
+Nothing here compiles before the config, the mesh, the data and the vocabulary have been checked;
+state shardings come from abstract shapes, and the state is initialised directly sharded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import config_dict
+
+from t5x_like import checkpointing, partitioning
+from t5x_like import config as config_lib
+from t5x_like.layers.config import TransformerConfig
+from t5x_like.models import build_model
+from t5x_like.training import losses, optimizers, steps
+from t5x_like.training.train_state import TrainState
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from the config before any state exists."""
+
+    cfg: config_dict.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: partitioning.Rules
+    splits: dict[str, Any]
+    vocab: Any  # t5x_like.data.vocab.SentencePieceVocab
+    model: nn.Module
+    model_config: TransformerConfig
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    batch_sharding: jax.sharding.NamedSharding
+
+
+def _resolve_vocab_size(cfg: config_dict.ConfigDict, vocab_size: int) -> None:
+    """Fills model.vocab_size (rounded up to 128 for sharding) or checks the given one."""
+    with cfg.unlocked():
+        if cfg.model.vocab_size is None:
+            cfg.model.vocab_size = int(math.ceil(vocab_size / 128) * 128)
+        elif cfg.model.vocab_size < vocab_size:
+            raise config_lib.ConfigError(
+                f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary "
+                f"({vocab_size} ids): raise model.vocab_size or leave it unset (None)."
+            )
+
+
+def build_experiment(cfg: config_dict.ConfigDict) -> Experiment:
+    """Validates the config, then loads data sources and the vocabulary and assembles the rest."""
+    # Imported here: TFDS is only needed once there is data to read.
+    from t5x_like.data import sources
+    from t5x_like.data import vocab as vocab_lib
+
+    config_lib.validate_config(cfg, jax.device_count(), jax.process_count())
+    data = cfg.data
+    splits = sources.prepare_dataset(data.dataset, data.data_dir)
+    for split in (data.train_split, data.eval_split if cfg.train.eval_every else None):
+        if split is not None and split not in splits:
+            raise config_lib.ConfigError(
+                f"Dataset {data.dataset!r} has no split {split!r}; it has {sorted(splits)}. "
+                "Set data.train_split / data.eval_split."
+            )
+    vocab = vocab_lib.load_or_train_vocab(
+        data.vocab_path,
+        data_dir=data.data_dir,
+        dataset_name=data.dataset,
+        split=data.train_split,
+        vocab_size=data.vocab_size,
+    )
+    return assemble_experiment(cfg, splits=splits, vocab=vocab)
+
+
+def assemble_experiment(
+    cfg: config_dict.ConfigDict,
+    *,
+    splits: dict[str, Any] | None = None,
+    vocab: Any = None,
+    devices: list[jax.Device] | None = None,
+) -> Experiment:
+    """Mesh, model and optimizer for `cfg` on `devices` (default: all), given data and vocab.
+
+    Without a vocabulary, model.vocab_size must be set in the config (tests use this).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    mesh_shape = config_lib.validate_config(cfg, len(devices), jax.process_count())
+    rules = partitioning.rules_from_config(cfg.partitioning.rules)
+    mesh = partitioning.make_mesh(mesh_shape, devices)
+    if vocab is not None:
+        _resolve_vocab_size(cfg, vocab.vocab_size)
+    elif cfg.model.vocab_size is None:
+        raise config_lib.ConfigError("model.vocab_size must be set when no vocabulary is given.")
+    model = build_model(cfg.model)
+    tx, schedule = optimizers.make_optimizer(cfg.optimizer, cfg.train.steps)
+    return Experiment(
+        cfg=cfg,
+        mesh=mesh,
+        rules=rules,
+        splits=splits or {},
+        vocab=vocab,
+        model=model,
+        model_config=model.config,
+        tx=tx,
+        schedule=schedule,
+        batch_sharding=partitioning.batch_sharding(mesh, rules),
+    )
+
+
+def _init_boxed_params(exp: Experiment, rng: jax.Array) -> Any:
+    # A [batch, 1] dummy input: enough to create every parameter, cheap to trace.
+    tokens = jnp.zeros((exp.cfg.train.batch_size, 1), jnp.int32)
+    with nn.logical_axis_rules(exp.rules):
+        return exp.model.init(rng, tokens)["params"]
+
+
+def state_shardings(exp: Experiment) -> tuple[TrainState, TrainState]:
+    """(abstract state, its shardings), from shapes alone: nothing is allocated or compiled."""
+    rng = jax.random.PRNGKey(exp.cfg.seed)
+    boxed = jax.eval_shape(lambda r: _init_boxed_params(exp, r), rng)
+    param_shardings = partitioning.params_shardings(boxed, exp.mesh, exp.rules)
+    abstract_params = nn.unbox(boxed)
+    partitioning.check_divisible(abstract_params, param_shardings)
+    abstract_opt = jax.eval_shape(exp.tx.init, abstract_params)
+    opt_shardings = partitioning.opt_state_shardings(
+        abstract_opt, abstract_params, param_shardings, exp.mesh
+    )
+    rep = partitioning.replicated(exp.mesh)
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=abstract_params,
+        opt_state=abstract_opt,
+        rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype),
+    )
+    shardings = TrainState(step=rep, params=param_shardings, opt_state=opt_shardings, rng=rep)
+    return checkpointing.abstract_like(abstract, shardings), shardings
+
+
+def init_state(exp: Experiment, shardings: TrainState) -> TrainState:
+    """Initialises the state directly into its shardings (no full copy on one device)."""
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(exp.cfg.seed))
+
+    def init(rng: jax.Array) -> TrainState:
+        params = nn.unbox(_init_boxed_params(exp, rng))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=exp.tx.init(params),
+            rng=dropout_rng,
+        )
+
+    # No mesh context here: flax would constrain DenseGeneral kernels while they are still
+    # flattened to 2-D inside their initialiser; out_shardings place the result instead.
+    return jax.jit(init, out_shardings=shardings)(init_rng)
+
+
+def make_train_iterator(exp: Experiment) -> Any:
+    from t5x_like.data import pipeline
+
+    cfg = exp.cfg
+    return pipeline.make_train_iterator(
+        exp.splits[cfg.data.train_split],
+        exp.vocab,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.train.batch_size // jax.process_count(),
+        seed=cfg.seed,
+        pack=cfg.data.pack,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def make_eval_iterator(exp: Experiment) -> Any:
+    from t5x_like.data import pipeline
+
+    cfg = exp.cfg
+    return pipeline.make_eval_iterator(
+        exp.splits[cfg.data.eval_split],
+        exp.vocab,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.train.batch_size // jax.process_count(),
+        pack=cfg.data.pack,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_batches=cfg.train.eval_batches or None,
+    )
+
+
+def jit_steps(exp: Experiment, shardings: TrainState) -> tuple[Any, Any]:
+    """The train step (state donated) and the eval step, jitted with explicit shardings."""
+    train_cfg = exp.cfg.train
+    train_step = steps.make_train_step(
+        exp.model, exp.tx, exp.rules, train_cfg.z_loss, train_cfg.label_smoothing
+    )
+    eval_step = steps.make_eval_step(exp.model, exp.rules, train_cfg.z_loss)
+    batch = exp.batch_sharding
+    rep = partitioning.replicated(exp.mesh)
+    jit_train = jax.jit(
+        train_step,
+        in_shardings=(shardings, batch),
+        out_shardings=(shardings, rep),
+        donate_argnums=0,
+    )
+    jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, batch), out_shardings=rep)
+    return jit_train, jit_eval
+
+
+def evaluate(exp: Experiment, eval_step: Any, params: Any) -> dict[str, float]:
+    """Loss, perplexity and token accuracy of `params` on the eval split."""
+    totals: dict[str, float] = {}
+    for local_batch in make_eval_iterator(exp):
+        sums = eval_step(params, partitioning.global_batch(local_batch, exp.batch_sharding))
+        for k, v in jax.device_get(sums).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return losses.summarize(totals) if totals else {}
