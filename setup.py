@@ -30,7 +30,9 @@ EXTRAS_REQUIRE = {
 setuptools.setup(
     name="t5x_like",
     version="0.1.0",
-    description="Encoder-decoder and decoder-only Transformers in JAX/Flax, partitioned over device meshes.",
+    description=(
+        "Encoder-decoder and decoder-only Transformers in JAX/Flax, partitioned over device meshes."
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

@@ -46,12 +46,12 @@ def get_config() -> config_dict.ConfigDict:
     c.data.vocab_size = 2048
 
     c.train = config_dict.ConfigDict()
-    c.train.steps = 600
+    c.train.steps = 400
     c.train.batch_size = 16  # Global, across all processes.
     c.train.log_every = 25
-    c.train.eval_every = 200
+    c.train.eval_every = 100
     c.train.eval_batches = 16
-    c.train.checkpoint_every = 200
+    c.train.checkpoint_every = 100
     c.train.max_to_keep = 3
     c.train.async_checkpoint = True
     c.train.z_loss = 1e-4
@@ -63,7 +63,7 @@ def get_config() -> config_dict.ConfigDict:
     c.optimizer.name = "adamw"  # adamw | adafactor | sgd
     c.optimizer.learning_rate = 3e-3
     c.optimizer.schedule = "cosine"  # cosine | rsqrt | constant
-    c.optimizer.warmup_steps = 60
+    c.optimizer.warmup_steps = 40
     c.optimizer.end_lr_fraction = 0.1
     c.optimizer.weight_decay = 0.1
     c.optimizer.b1 = 0.9

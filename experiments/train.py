@@ -1,7 +1,8 @@
-"""Pretrains or fine-tunes a model from a config file; reruns resume from the workdir.
+r"""Pretrains or fine-tunes a model from a config file; reruns resume from the workdir.
 
-  python experiments/train.py --config=configs/decoder_only.py --workdir=/tmp/run \
-      --config.model.num_layers=2 --config.train.steps=50
+  python experiments/train.py --config=configs/decoder_only.py --workdir=/tmp/run
+  python experiments/train.py --workdir=/tmp/small --config.model.num_layers=2 \
+      --config.train.steps=50  # any config field can be overridden like this
 
 Writes into --workdir: config.json (the resolved config), checkpoints/<step>/, metrics.jsonl and
 TensorBoard event files under tensorboard/.

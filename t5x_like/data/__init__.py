@@ -1,1 +1,1 @@
-"""Data: the embedded corpus, SentencePiece vocabularies, preprocessors, packing and the grain pipeline."""
+"""Data: the embedded corpus, SentencePiece vocabularies, preprocessing, packing, pipelines."""

@@ -157,7 +157,8 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
                     "First step took %.1fs (compilation included).", time.perf_counter() - run_start
                 )
                 throughput.reset()
-            throughput.steps += 1
+            else:
+                throughput.steps += 1
             history.append(metrics)
             if _due(done, train_cfg.log_every, train_cfg.steps):
                 result["train"] = _summarize_train(history)

@@ -1,0 +1,146 @@
+"""End to end on the embedded corpus: outputs, no recompilation, resume, kill-and-resume, CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from testutil import REPO, tiny_config
+
+from t5x_like.config import ConfigError
+from t5x_like.training import compilation, experiment, trainer
+from t5x_like.training.metrics_writer import read_metrics
+
+
+def _corpus_config(data_dir, **overrides):
+    cfg = tiny_config(**overrides)
+    cfg.model.vocab_size = None
+    cfg.data.data_dir = data_dir
+    cfg.data.vocab_size = 256
+    return cfg
+
+
+def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    cfg = _corpus_config(
+        corpus_dir,
+        **{
+            "train.steps": 6,
+            "train.eval_every": 3,
+            "train.checkpoint_every": 3,
+            "train.eval_batches": 2,
+        },
+    )
+    result = trainer.train(cfg, workdir)
+    assert result["start_step"] == 0
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["model"]["vocab_size"] == 256  # Resolved from the vocabulary.
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
+    train = read_metrics(workdir, "train")
+    assert sorted(train) == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "accuracy", "perplexity", "grad_norm", "learning_rate"} <= set(train[6])
+    assert train[6]["tokens_per_sec"] > 0 and train[6]["mfu"] > 0
+    evals = read_metrics(workdir, "eval")
+    assert sorted(evals) == [3, 6] and evals[6]["loss"] > 0
+    # Steps 2..3 and 4..6 compile nothing (step 1 compiles the train step, step 3 the eval step).
+    compiles = {step: record["compiles"] for step, record in train.items()}
+    assert compiles[2] == compiles[3]
+    assert compiles[4] == compiles[5] == compiles[6]
+
+    # Resuming: continues from step 6; after its first step nothing recompiles.
+    cfg = _corpus_config(
+        corpus_dir,
+        **{
+            "train.steps": 9,
+            "train.eval_every": 3,
+            "train.checkpoint_every": 3,
+            "train.eval_batches": 2,
+        },
+    )
+    result = trainer.train(cfg, workdir)
+    assert result["start_step"] == 6
+    train = read_metrics(workdir, "train")
+    assert sorted(train) == list(range(1, 10))
+    assert train[8]["compiles"] == train[9]["compiles"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "9"]
+
+
+def test_missing_dataset_fails_before_compilation(tmp_path):
+    cfg = _corpus_config(str(tmp_path), **{"data.dataset": "no_such_dataset"})
+    before = compilation.compile_count()
+    with pytest.raises(Exception, match=r"no_such_dataset") as info:
+        experiment.build_experiment(cfg)
+    assert str(tmp_path) in str(info.value)
+    assert compilation.compile_count() == before
+
+
+def test_unknown_split_is_a_config_error(corpus_dir):
+    cfg = _corpus_config(corpus_dir, **{"data.train_split": "training"})
+    with pytest.raises(ConfigError, match=r"no split 'training'; it has \['train', 'validation'\]"):
+        experiment.build_experiment(cfg)
+
+
+def _train_command(workdir, data_dir, cache_dir, steps):
+    return [
+        sys.executable,
+        str(REPO / "experiments" / "train.py"),
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.vocab_size=256",
+        "--config.data.seq_len=32",
+        "--config.model.d_model=32",
+        "--config.model.num_layers=1",
+        "--config.model.num_heads=2",
+        "--config.model.mlp_dim=64",
+        "--config.model.dropout_rate=0.1",
+        "--config.train.batch_size=8",
+        f"--config.train.steps={steps}",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.train.checkpoint_every=20",
+        f"--config.train.compilation_cache_dir={cache_dir}",
+        "--config.optimizer.warmup_steps=10",
+    ]
+
+
+def test_killed_run_resumes_bit_identically(corpus_dir, tmp_path):
+    """SIGKILL after a checkpoint, relaunch the same command: the same losses as no kill."""
+    steps = 160
+    cache = str(tmp_path / "xla_cache")
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    subprocess.run(
+        _train_command(full, corpus_dir, cache, steps), check=True, capture_output=True, timeout=300
+    )
+
+    proc = subprocess.Popen(
+        _train_command(killed, corpus_dir, cache, steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not os.path.isdir(os.path.join(killed, "checkpoints", "40")):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    logged_before_kill = max(read_metrics(killed, "train"))
+    assert logged_before_kill < steps
+
+    subprocess.run(
+        _train_command(killed, corpus_dir, cache, steps),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    expected, resumed = read_metrics(full, "train"), read_metrics(killed, "train")
+    assert sorted(resumed) == sorted(expected) == list(range(1, steps + 1))
+    for step in expected:
+        assert resumed[step]["loss"] == expected[step]["loss"], step  # Bit-identical on CPU.
+    assert expected[steps]["loss"] < expected[1]["loss"]
+    saved = json.load(open(os.path.join(killed, "config.json")))
+    assert saved["model"]["num_layers"] == 1 and saved["train"]["steps"] == steps
