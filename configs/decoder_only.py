@@ -50,7 +50,8 @@ def get_config() -> config_dict.ConfigDict:
     c.train.batch_size = 16  # Global, across all processes.
     c.train.log_every = 25
     c.train.eval_every = 100
-    c.train.eval_batches = 16
+    c.train.eval_batches = 16  # Per eval; 0 means the whole split.
+    c.train.eval_at_start = True  # Also evaluate the freshly initialised model (step 0).
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 3
     c.train.async_checkpoint = True

@@ -10,9 +10,10 @@ TensorBoard event files under tensorboard/.
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from t5x_like.log_setup import setup_logging
 from t5x_like.training import trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "decoder_only.py")
@@ -33,7 +34,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    setup_logging()
     trainer.train(_CONFIG.value, _WORKDIR.value)
 
 

@@ -73,6 +73,7 @@ def build_experiment(cfg: config_dict.ConfigDict) -> Experiment:
         dataset_name=data.dataset,
         split=data.train_split,
         vocab_size=data.vocab_size,
+        text_key=data.text_key,
     )
     return assemble_experiment(cfg, splits=splits, vocab=vocab)
 
@@ -172,6 +173,7 @@ def make_train_iterator(exp: Experiment) -> Any:
         pack=cfg.data.pack,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        text_key=cfg.data.text_key,
     )
 
 
@@ -188,6 +190,7 @@ def make_eval_iterator(exp: Experiment) -> Any:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_batches=cfg.train.eval_batches or None,
+        text_key=cfg.data.text_key,
     )
 
 

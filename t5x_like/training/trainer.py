@@ -109,6 +109,15 @@ def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
     return _Throughput(cfg.train.batch_size * cfg.data.seq_len, flops_per_token, peak)
 
 
+def _eval_and_log(
+    exp: Experiment, jit_eval: Any, state: TrainState, step: int, writer: MetricsWriter
+) -> dict[str, float]:
+    metrics = evaluate(exp, jit_eval, state.params)
+    logging.info("step %d eval: %s", step, _format(metrics))
+    writer.write(step, "eval", metrics)
+    return metrics
+
+
 def _due(done: int, every: int, total: int) -> bool:
     return every > 0 and (done % every == 0 or done == total)
 
@@ -146,6 +155,8 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     run_start = time.perf_counter()
 
     with partitioning.activate(exp.mesh, exp.rules):
+        if start_step == 0 and train_cfg.eval_every and train_cfg.eval_at_start:
+            result["eval"] = _eval_and_log(exp, jit_eval, state, 0, writer)
         for step in range(start_step, train_cfg.steps):
             batch = partitioning.global_batch(next(train_iter), exp.batch_sharding)
             state, metrics = jit_train(state, batch)
@@ -170,9 +181,7 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
                 history = []
                 throughput.reset()
             if _due(done, train_cfg.eval_every, train_cfg.steps):
-                result["eval"] = evaluate(exp, jit_eval, state.params)
-                logging.info("step %d eval: %s", done, _format(result["eval"]))
-                writer.write(done, "eval", result["eval"])
+                result["eval"] = _eval_and_log(exp, jit_eval, state, done, writer)
                 throughput.reset()
             if _due(done, train_cfg.checkpoint_every, train_cfg.steps):
                 checkpointer.save(done, state, train_iter)

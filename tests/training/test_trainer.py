@@ -24,19 +24,16 @@ def _corpus_config(data_dir, **overrides):
 
 
 def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
+    """Outputs land in the workdir; after the first step, eval and save, nothing compiles.
+
+    `compiles` is logged after each step's log line, before that step's eval and save, so a
+    recompilation in eval or save at step k shows up in the record of step k + 1.
+    """
     workdir = str(tmp_path / "run")
-    cfg = _corpus_config(
-        corpus_dir,
-        **{
-            "train.steps": 6,
-            "train.eval_every": 3,
-            "train.checkpoint_every": 3,
-            "train.eval_batches": 2,
-        },
-    )
-    result = trainer.train(cfg, workdir)
+    settings = {"train.eval_every": 3, "train.checkpoint_every": 2, "train.eval_batches": 2}
+    result = trainer.train(_corpus_config(corpus_dir, **settings, **{"train.steps": 6}), workdir)
     assert result["start_step"] == 0
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["model"]["vocab_size"] == 256  # Resolved from the vocabulary.
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
@@ -45,28 +42,25 @@ def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
     assert {"loss", "accuracy", "perplexity", "grad_norm", "learning_rate"} <= set(train[6])
     assert train[6]["tokens_per_sec"] > 0 and train[6]["mfu"] > 0
     evals = read_metrics(workdir, "eval")
-    assert sorted(evals) == [3, 6] and evals[6]["loss"] > 0
-    # Steps 2..3 and 4..6 compile nothing (step 1 compiles the train step, step 3 the eval step).
+    assert sorted(evals) == [0, 3, 6]  # Step 0: eval_at_start.
+    assert evals[6]["loss"] < evals[0]["loss"]
     compiles = {step: record["compiles"] for step, record in train.items()}
-    assert compiles[2] == compiles[3]
-    assert compiles[4] == compiles[5] == compiles[6]
+    # Eval compiled at step 0, the train step at step 1: step 2 compiles nothing.
+    assert compiles[1] == compiles[2]
+    # The first save (step 2) may compile Orbax's shard slicing; after it, the eval at step 3
+    # and the saves at steps 4 and 6 compile nothing.
+    assert compiles[3] == compiles[4] == compiles[5] == compiles[6]
 
-    # Resuming: continues from step 6; after its first step nothing recompiles.
-    cfg = _corpus_config(
-        corpus_dir,
-        **{
-            "train.steps": 9,
-            "train.eval_every": 3,
-            "train.checkpoint_every": 3,
-            "train.eval_batches": 2,
-        },
-    )
-    result = trainer.train(cfg, workdir)
+    # Resume: continues from step 6 without an eval at start. The restored state has the
+    # shardings the train step was compiled for: steps 8 and 9 compile nothing.
+    settings["train.checkpoint_every"] = 5
+    result = trainer.train(_corpus_config(corpus_dir, **settings, **{"train.steps": 10}), workdir)
     assert result["start_step"] == 6
     train = read_metrics(workdir, "train")
-    assert sorted(train) == list(range(1, 10))
-    assert train[8]["compiles"] == train[9]["compiles"]
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6", "9"]
+    assert sorted(train) == list(range(1, 11))
+    assert train[7]["compiles"] == train[8]["compiles"] == train[9]["compiles"]
+    assert sorted(read_metrics(workdir, "eval")) == [0, 3, 6, 9, 10]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["4", "6", "10"]
 
 
 def test_missing_dataset_fails_before_compilation(tmp_path):
