@@ -33,6 +33,8 @@ def get_config() -> config_dict.ConfigDict:
     c.model.dropout_rate = 0.0
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
+    c.model.scan_layers = False  # True: one nn.scan over stacked layer params ("layers" axis).
+    c.model.remat = "none"  # none | full | dots (recompute activations in the backward pass)
 
     c.data = config_dict.ConfigDict()
     c.data.dataset = "t5x_like_corpus"  # Any TFDS dataset prepared as array_record.
@@ -88,6 +90,7 @@ def get_config() -> config_dict.ConfigDict:
         ("kv_heads", "tensor"),
         ("mlp", "tensor"),
         ("kv", None),
+        ("layers", None),
         ("length", None),
         ("abs_length", None),
     )

@@ -80,6 +80,7 @@ def _validate_model(m: Any, seq_len: int) -> None:
     _check_choice(m.position, "model.position", layer_config.POSITIONS)
     _check_choice(m.dtype, "model.dtype", layer_config.DTYPES)
     _check_choice(m.param_dtype, "model.param_dtype", layer_config.DTYPES)
+    _check_choice(m.remat, "model.remat", layer_config.REMAT_POLICIES)
     if m.head_dim is None:
         _require(
             m.d_model % m.num_heads == 0,

@@ -77,6 +77,17 @@ def test_params_and_adam_state_sharded_as_rules_say():
     assert adam.count.sharding.spec == P()
 
 
+def test_scanned_layers_shard_like_unrolled_ones_with_a_replicated_layers_axis():
+    cfg = _sgd_config(data=2, fsdp=2, tensor=2)
+    cfg.model.update(scan_layers=True, remat="full")
+    batches = [synthetic_batch(8, 16, 128, seed=s) for s in range(2)]
+    losses, state = _run(cfg, jax.devices(), batches)
+    assert np.isfinite(losses).all()
+    query = state.params["decoder"]["layers"]["self_attention"]["query"]["kernel"]
+    assert query.shape[0] == cfg.model.num_layers
+    assert query.sharding.spec == P(None, "fsdp", "tensor", None)
+
+
 def test_indivisible_param_dimension_is_a_config_error():
     cfg = tiny_config(**{"model.mlp_dim": 66})
     cfg.mesh.update(data=2, fsdp=1, tensor=4)

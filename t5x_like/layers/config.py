@@ -16,6 +16,9 @@ GATED_ACTIVATIONS = ("swiglu", "geglu", "reglu")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "sinusoidal", "none")
 DTYPES = ("float32", "bfloat16", "float16")
+# Rematerialisation: "none" keeps every activation for the backward pass, "full" recomputes each
+# layer from its input, "dots" keeps only the outputs of weight matmuls.
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,10 @@ class TransformerConfig:
     dropout_rate: float = 0.0
     dtype: str = "float32"  # Compute dtype.
     param_dtype: str = "float32"
+    # One scanned layer (params stacked on a leading "layers" axis) instead of num_layers
+    # unrolled ones: compile time independent of depth; the layout large runs use.
+    scan_layers: bool = False
+    remat: str = "none"  # One of REMAT_POLICIES.
 
     @property
     def kv_heads(self) -> int:

@@ -3,6 +3,9 @@
 A pre-norm residual layer (self-attention, optional cross-attention, MLP) repeated `num_layers`
 times plus a final norm. The decoder-only model uses it causally without cross-attention; the T5
 encoder uses it bidirectionally, and the T5 decoder causally with cross-attention.
+
+With `scan_layers`, the layers are one `nn.scan` over a stacked copy of the layer parameters
+(leading logical axis "layers"); `remat` wraps each layer in `nn.remat` with a policy.
 """
 
 import flax.linen as nn
@@ -48,7 +51,17 @@ class TransformerLayer(nn.Module):
         h = make_norm(cfg, "pre_mlp_norm")(x)
         h = Mlp(cfg, name="mlp")(h, deterministic)
         x = x + dropout(h, deterministic=deterministic)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        # nn.scan wants (carry, per-layer output).
+        return (x, None) if cfg.scan_layers else x
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+# Position of `deterministic` in TransformerLayer.__call__, counting self (flax's convention).
+_DETERMINISTIC_ARGNUM = 4
 
 
 class TransformerStack(nn.Module):
@@ -68,8 +81,27 @@ class TransformerStack(nn.Module):
         cross_mask: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
-        for i in range(cfg.num_layers):
-            x = TransformerLayer(cfg, self.cross_attention, name=f"layers_{i}")(
-                x, mask, positions, deterministic, encoded, cross_mask
+        layer_cls = TransformerLayer
+        if cfg.remat != "none":
+            layer_cls = nn.remat(
+                layer_cls,
+                policy=_REMAT_POLICIES[cfg.remat],
+                # Inside scan the loop boundary already prevents CSE across layers.
+                prevent_cse=not cfg.scan_layers,
+                static_argnums=(_DETERMINISTIC_ARGNUM,),
             )
+        args = (mask, positions, deterministic, encoded, cross_mask)
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,) * len(args),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(cfg, self.cross_attention, name="layers")(x, *args)
+        else:
+            for i in range(cfg.num_layers):
+                x = layer_cls(cfg, self.cross_attention, name=f"layers_{i}")(x, *args)
         return make_norm(cfg, "final_norm")(x)

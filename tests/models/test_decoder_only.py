@@ -1,5 +1,6 @@
 """Decoder-only model: packing isolation, causality, and every architecture variant running."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +95,39 @@ def test_gqa_kv_projection_shapes():
     assert attn["query"]["kernel"].value.shape == (32, 4, 8)
     assert attn["key"]["kernel"].value.shape == (32, 1, 8)
     assert attn["key"]["kernel"].names == ("embed", "kv_heads", "kv")
+
+
+def _stack_layers(params, num_layers):
+    """Unrolled params (decoder/layers_i/...) in the scanned layout (decoder/layers/[L, ...])."""
+    params = nn.unbox(params)
+    decoder = dict(params["decoder"])
+    layers = [decoder.pop(f"layers_{i}") for i in range(num_layers)]
+    decoder["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return {**params, "decoder": decoder}
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_scanned_and_rematerialised_layers_compute_the_unrolled_model(remat):
+    """scan_layers and remat change the program, not the function: same loss and gradients."""
+    unrolled, params = _model(num_kv_heads=2)
+    scanned, scanned_params = _model(num_kv_heads=2, scan_layers=True, remat=remat)
+    kernel = scanned_params["decoder"]["layers"]["self_attention"]["query"]["kernel"]
+    assert kernel.value.shape == (2, 32, 4, 8)
+    assert kernel.names == ("layers", "embed", "heads", "kv")
+    stacked = _stack_layers(params, 2)
+    assert jax.tree.structure(stacked) == jax.tree.structure(nn.unbox(scanned_params))
+
+    tokens = jnp.arange(3, 19).reshape(2, 8)
+
+    def loss(model, p):
+        logits = model.apply({"params": p}, tokens)
+        return losses.token_cross_entropy(logits, tokens)[0].mean()
+
+    loss_a, grads_a = jax.value_and_grad(lambda p: loss(unrolled, p))(nn.unbox(params))
+    loss_b, grads_b = jax.value_and_grad(lambda p: loss(scanned, p))(stacked)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        _stack_layers(grads_a, 2),
+        grads_b,
+    )
