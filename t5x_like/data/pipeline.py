@@ -231,6 +231,8 @@ def make_eval_iterator(
     when given, else the largest shard's batch count, which costs every process one extra
     tokenising pass over the whole split to compute.
     """
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be None (the whole split) or >= 1, got {num_batches}.")
     kwargs = dict(
         seq_len=seq_len,
         batch_size=batch_size,

@@ -49,12 +49,15 @@ class DatasetSplits(Mapping):
         self._num_examples = {s: info.num_examples for s, info in builder.info.splits.items()}
         self._sources: dict[str, Sequence[Any]] = {}
 
-    def __getitem__(self, split: str) -> Sequence[Any]:
+    def _check_split(self, split: str) -> None:
         if split not in self._num_examples:
             raise SplitNotFoundError(
                 f"Dataset {self.name!r} (data_dir={self.data_dir!r}) has no split {split!r}; "
                 f"available splits: {sorted(self._num_examples)}."
             )
+
+    def __getitem__(self, split: str) -> Sequence[Any]:
+        self._check_split(split)
         if self._num_examples[split] == 0:
             raise ValueError(
                 f"Split {split!r} of dataset {self.name!r} (data_dir={self.data_dir!r}) is "
@@ -75,6 +78,7 @@ class DatasetSplits(Mapping):
 
     def num_examples(self, split: str) -> int:
         """Records in `split`, from the dataset's metadata (no file is opened)."""
+        self._check_split(split)
         return self._num_examples[split]
 
 
@@ -92,7 +96,7 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
       ValueError: it is prepared in a format without random access (e.g. tfrecord).
     """
     data_dir = resolve_data_dir(data_dir)
-    if name == corpus.NAME:
+    if name.split(":")[0] == corpus.NAME:  # With or without a version.
         corpus.build(data_dir)
     try:
         # From files only: never instantiates the dataset's code, so it cannot download.
