@@ -81,7 +81,8 @@ def params_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Rules) -> An
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def _path_key(path: tuple[Any, ...]) -> tuple[str, ...]:
+def path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    """The names along a pytree key path (dict keys, attribute names, sequence indices)."""
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -98,11 +99,11 @@ def opt_state_shardings(
     flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
     flat_shardings = jax.tree_util.tree_leaves(param_shardings)
     for (path, leaf), sharding in zip(flat_params, flat_shardings, strict=True):
-        by_path[_path_key(path)] = (leaf.shape, sharding)
+        by_path[path_names(path)] = (leaf.shape, sharding)
     rep = replicated(mesh)
 
     def pick(path: tuple[Any, ...], leaf: Any) -> NamedSharding:
-        key = _path_key(path)
+        key = path_names(path)
         for start in range(len(key)):
             match = by_path.get(key[start:])
             if match is not None and match[0] == leaf.shape:
@@ -123,7 +124,7 @@ def check_divisible(abstract_tree: Any, shardings: Any, what: str = "parameter")
             axes = (axes,) if isinstance(axes, str) else tuple(axes)
             size = math.prod(mesh_shape[a] for a in axes)
             if leaf.shape[dim] % size:
-                name = "/".join(_path_key(path))
+                name = "/".join(path_names(path))
                 raise ConfigError(
                     f"{what} {name} has shape {tuple(leaf.shape)}; its dimension {dim} "
                     f"({leaf.shape[dim]}) is sharded over mesh axes {axes} of size {size} and is "

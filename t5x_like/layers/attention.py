@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import apply_rope
-from t5x_like.layers.linear import DenseGeneral
+from t5x_like.layers.linear import dense
 
 
 def make_attention_mask(
@@ -39,14 +39,7 @@ class Attention(nn.Module):
 
     def _project(self, x: jax.Array, heads: int, head_axis: str, name: str) -> jax.Array:
         cfg = self.config
-        return DenseGeneral(
-            features=(heads, cfg.qkv_dim),
-            kernel_axes=("embed", head_axis, "kv"),
-            use_bias=cfg.use_bias,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            name=name,
-        )(x)
+        return dense(cfg, (heads, cfg.qkv_dim), ("embed", head_axis, "kv"), name)(x)
 
     @nn.compact
     def __call__(
@@ -69,13 +62,5 @@ class Attention(nn.Module):
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
         out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        y = DenseGeneral(
-            features=cfg.d_model,
-            kernel_axes=("heads", "kv", "embed"),
-            axis=(-2, -1),
-            use_bias=cfg.use_bias,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            name="out",
-        )(out)
+        y = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.initializers import logical_init
 
 
@@ -61,3 +62,24 @@ class DenseGeneral(nn.Module):
             )
             y = y + jnp.asarray(bias, self.dtype)
         return y
+
+
+def dense(
+    cfg: TransformerConfig,
+    features: int | Sequence[int],
+    kernel_axes: Sequence[str],
+    name: str,
+    *,
+    axis: int | Sequence[int] = -1,
+    use_bias: bool | None = None,
+) -> DenseGeneral:
+    """A DenseGeneral with the config's compute/param dtypes and, unless given, its use_bias."""
+    return DenseGeneral(
+        features=features,
+        kernel_axes=kernel_axes,
+        axis=axis,
+        use_bias=cfg.use_bias if use_bias is None else use_bias,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        name=name,
+    )

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 
 from t5x_like.layers.config import GATED_ACTIVATIONS, TransformerConfig
-from t5x_like.layers.linear import DenseGeneral
+from t5x_like.layers.linear import dense
 
 _ACTIVATION_FNS = {
     "relu": jax.nn.relu,
@@ -21,27 +21,16 @@ class Mlp(nn.Module):
 
     config: TransformerConfig
 
-    def _dense(self, features: int, axes: tuple[str, str], name: str) -> DenseGeneral:
-        cfg = self.config
-        return DenseGeneral(
-            features,
-            kernel_axes=axes,
-            use_bias=cfg.use_bias,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            name=name,
-        )
-
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         cfg = self.config
         act = _ACTIVATION_FNS[cfg.activation]
         if cfg.activation in GATED_ACTIVATIONS:
-            h = act(self._dense(cfg.mlp_dim, ("embed", "mlp"), "wi_0")(x))
-            h = h * self._dense(cfg.mlp_dim, ("embed", "mlp"), "wi_1")(x)
+            h = act(dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "wi_0")(x))
+            h = h * dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "wi_1")(x)
         else:
-            h = act(self._dense(cfg.mlp_dim, ("embed", "mlp"), "wi")(x))
+            h = act(dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "wi")(x))
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         h = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-        y = self._dense(cfg.d_model, ("mlp", "embed"), "wo")(h)
+        y = dense(cfg, cfg.d_model, ("mlp", "embed"), "wo")(h)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

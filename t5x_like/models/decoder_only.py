@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from t5x_like.layers.attention import make_attention_mask
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import Embed, LearnedPositions, sinusoidal_positions
-from t5x_like.layers.linear import DenseGeneral
+from t5x_like.layers.linear import dense
 from t5x_like.layers.transformer import TransformerStack
 
 
@@ -48,11 +48,5 @@ class DecoderOnlyTransformer(nn.Module):
 
         if cfg.tie_embeddings:
             return embed.attend(x)
-        logits = DenseGeneral(
-            cfg.vocab_size,
-            kernel_axes=("embed", "vocab"),
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            name="logits",
-        )(x)
+        logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), "logits", use_bias=False)(x)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -160,16 +160,12 @@ def init_state(exp: Experiment, shardings: TrainState) -> TrainState:
     return jax.jit(init, out_shardings=shardings)(init_rng)
 
 
-def make_train_iterator(exp: Experiment) -> Any:
-    from t5x_like.data import pipeline
-
+def _pipeline_args(exp: Experiment) -> dict[str, Any]:
+    """Arguments the train and eval pipelines share: this process's slice of the global batch."""
     cfg = exp.cfg
-    return pipeline.make_train_iterator(
-        exp.splits[cfg.data.train_split],
-        exp.vocab,
+    return dict(
         seq_len=cfg.data.seq_len,
         batch_size=cfg.train.batch_size // jax.process_count(),
-        seed=cfg.seed,
         pack=cfg.data.pack,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -177,20 +173,20 @@ def make_train_iterator(exp: Experiment) -> Any:
     )
 
 
+def make_train_iterator(exp: Experiment) -> Any:
+    from t5x_like.data import pipeline
+
+    split = exp.splits[exp.cfg.data.train_split]
+    return pipeline.make_train_iterator(split, exp.vocab, seed=exp.cfg.seed, **_pipeline_args(exp))
+
+
 def make_eval_iterator(exp: Experiment) -> Any:
     from t5x_like.data import pipeline
 
-    cfg = exp.cfg
+    split = exp.splits[exp.cfg.data.eval_split]
+    num_batches = exp.cfg.train.eval_batches or None
     return pipeline.make_eval_iterator(
-        exp.splits[cfg.data.eval_split],
-        exp.vocab,
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.train.batch_size // jax.process_count(),
-        pack=cfg.data.pack,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_batches=cfg.train.eval_batches or None,
-        text_key=cfg.data.text_key,
+        split, exp.vocab, num_batches=num_batches, **_pipeline_args(exp)
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from t5x_like import partitioning
 from t5x_like.layers.config import TransformerConfig
 
 # Dense bf16 peak FLOP/s per chip, from vendor datasheets.
@@ -43,7 +44,7 @@ def matmul_params(params: Any, cfg: TransformerConfig) -> int:
     total = param_count(params)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, leaf in flat:
-        keys = [str(getattr(k, "key", k)) for k in path]
+        keys = partitioning.path_names(path)
         if "embedding" in keys[-1:] and ("position_embed" in keys or not cfg.tie_embeddings):
             total -= math.prod(leaf.shape)
     return total
