@@ -37,6 +37,7 @@ def get_config() -> config_dict.ConfigDict:
     c.model.remat = "none"  # none | full | dots (recompute activations in the backward pass)
 
     c.data = config_dict.ConfigDict()
+    c.data.task = "causal_lm"  # Decoder-only rows; see configs/t5.py for encoder-decoder tasks.
     c.data.dataset = "t5x_like_corpus"  # Any TFDS dataset prepared as array_record.
     c.data.data_dir = config_dict.placeholder(str)  # None: TFDS's default (~/tensorflow_datasets).
     c.data.train_split = "train"
@@ -46,6 +47,7 @@ def get_config() -> config_dict.ConfigDict:
     c.data.pack = True
     c.data.vocab_path = config_dict.placeholder(str)  # None: train one on the dataset, cached.
     c.data.vocab_size = 2048
+    c.data.extra_ids = 0  # T5 sentinel ids appended to the vocabulary.
 
     c.train = config_dict.ConfigDict()
     c.train.steps = 400
@@ -59,6 +61,11 @@ def get_config() -> config_dict.ConfigDict:
     c.train.async_checkpoint = True
     c.train.z_loss = 1e-4
     c.train.label_smoothing = 0.0
+    # Fine-tuning: start from the params (not the optimizer) of a checkpoint directory
+    # (<workdir>/checkpoints or a workdir) at init_step (None: its latest step).
+    c.train.init_from = config_dict.placeholder(str)
+    c.train.init_step = config_dict.placeholder(int)
+    c.train.decode_batches = 0  # Encoder-decoder only: batches greedily decoded per eval.
     # Persistent XLA compilation cache; "" disables it.
     c.train.compilation_cache_dir = "~/.cache/t5x_like/xla"
 

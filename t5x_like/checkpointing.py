@@ -84,6 +84,27 @@ class Checkpointer:
             data_iterator.set_state(restored["data_iterator"])
         return state
 
+    def restore_params(self, step: int | None, abstract_params: Any) -> Any:
+        """Restores only the params of `step` (None: the latest) onto `abstract_params`' shardings.
+
+        The optimizer state is never read into memory, so fine-tuning can start a new optimizer
+        and evaluation holds params alone.
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"No checkpoint found in {self.directory}.")
+        elif step not in self.all_steps():
+            raise FileNotFoundError(
+                f"No checkpoint for step {step} in {self.directory}; it has steps "
+                f"{self.all_steps()}."
+            )
+        item = {"params": abstract_params}
+        restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
+        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+        return restored["state"]["params"]
+
     def wait_until_finished(self) -> None:
         """Blocks until pending async saves are on disk."""
         self._manager.wait_until_finished()

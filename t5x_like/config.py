@@ -15,7 +15,7 @@ from ml_collections import config_dict
 
 from t5x_like.layers import config as layer_config
 
-FAMILIES = ("decoder_only",)
+FAMILIES = ("decoder_only", "encoder_decoder")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -72,8 +72,45 @@ def resolve_mesh_shape(mesh_cfg: Any, device_count: int) -> dict[str, int]:
     return sizes
 
 
-def _validate_model(m: Any, seq_len: int) -> None:
-    _check_choice(m.family, "model.family", FAMILIES)
+def _validate_data(cfg: Any) -> Any:
+    """Checks the data section against the model family; returns its `tasks.Task`."""
+    # Imported here: the task module pulls in the data package's numpy code only.
+    from t5x_like.data import tasks
+
+    data = cfg.data
+    try:
+        task = tasks.Task.from_config(data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    family = cfg.model.family
+    if family == "encoder_decoder":
+        _require(
+            task.is_encoder_decoder,
+            f"data.task={task.name!r} makes decoder-only rows but model.family="
+            f"'encoder_decoder'; use one of {tasks.ENCODER_DECODER_TASKS}.",
+        )
+    else:
+        _require(
+            not task.is_encoder_decoder,
+            f"data.task={task.name!r} makes encoder-decoder rows but model.family={family!r}; "
+            "use data.task='causal_lm' or model.family='encoder_decoder'.",
+        )
+    extra_ids = data.get("extra_ids", 0)
+    _require(
+        isinstance(extra_ids, int) and extra_ids >= 0,
+        f"data.extra_ids={extra_ids!r} must be an integer >= 0.",
+    )
+    if task.name == "span_corruption":
+        _require(
+            extra_ids >= task.max_noise_spans,
+            f"data.extra_ids={extra_ids} is too few for span corruption: an example can have "
+            f"{task.max_noise_spans} noise spans, each needing its own sentinel. Set "
+            f"data.extra_ids >= {task.max_noise_spans} (T5 uses 100).",
+        )
+    return task
+
+
+def _validate_model(m: Any, seq_len: int, seq_len_field: str) -> None:
     _check_positive(m, "model", ("d_model", "num_layers", "num_heads", "mlp_dim"))
     _check_choice(m.activation, "model.activation", layer_config.ACTIVATIONS)
     _check_choice(m.norm, "model.norm", layer_config.NORMS)
@@ -81,6 +118,18 @@ def _validate_model(m: Any, seq_len: int) -> None:
     _check_choice(m.dtype, "model.dtype", layer_config.DTYPES)
     _check_choice(m.param_dtype, "model.param_dtype", layer_config.DTYPES)
     _check_choice(m.remat, "model.remat", layer_config.REMAT_POLICIES)
+    _check_choice(m.get("norm_position", "pre"), "model.norm_position", layer_config.NORM_POSITIONS)
+    if m.family == "encoder_decoder" and m.get("num_decoder_layers") is not None:
+        _check_positive(m, "model", ("num_decoder_layers",))
+    if m.position == "relative":
+        _check_positive(
+            m, "model", ("relative_attention_num_buckets", "relative_attention_max_distance")
+        )
+        _require(
+            m.relative_attention_num_buckets >= 4,
+            f"model.relative_attention_num_buckets={m.relative_attention_num_buckets} must be "
+            ">= 4 (half exact, half logarithmic buckets; T5 uses 32).",
+        )
     if m.head_dim is None:
         _require(
             m.d_model % m.num_heads == 0,
@@ -102,8 +151,8 @@ def _validate_model(m: Any, seq_len: int) -> None:
     if m.position == "learned":
         _require(
             seq_len <= m.max_len,
-            f"data.seq_len={seq_len} exceeds model.max_len={m.max_len} of the learned position "
-            "table: raise model.max_len or lower data.seq_len.",
+            f"{seq_len_field}={seq_len} exceeds model.max_len={m.max_len} of the learned "
+            f"position table: raise model.max_len or lower {seq_len_field}.",
         )
     _require(0.0 <= m.dropout_rate < 1.0, f"model.dropout_rate={m.dropout_rate} not in [0, 1).")
     if m.vocab_size is not None:
@@ -119,18 +168,34 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
     for section in ("model", "data", "train", "optimizer", "mesh", "partitioning"):
         _require(section in cfg, f"The config has no '{section}' section.")
     data, train, opt = cfg.data, cfg.train, cfg.optimizer
-    _check_positive(data, "data", ("seq_len",))
     _require(
         data.vocab_path is not None or (isinstance(data.vocab_size, int) and data.vocab_size > 0),
         "Set data.vocab_path to a SentencePiece model or data.vocab_size > 0 to train one.",
     )
-    _validate_model(cfg.model, data.seq_len)
+    _check_choice(cfg.model.family, "model.family", FAMILIES)
+    task = _validate_data(cfg)
+    if task.is_encoder_decoder:
+        longest = max(task.inputs_len, task.targets_len)
+        field = "inputs_len" if longest == task.inputs_len else "targets_len"
+        _validate_model(cfg.model, longest, f"data.{field}")
+    else:
+        _validate_model(cfg.model, task.seq_len, "data.seq_len")
     _check_positive(train, "train", ("steps", "batch_size", "log_every", "checkpoint_every"))
     _check_positive(train, "train", ("max_to_keep",))
     _require(train.eval_every >= 0, "train.eval_every must be >= 0 (0 disables eval).")
     _require(train.eval_batches >= 0, "train.eval_batches must be >= 0.")
     _require(0.0 <= train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1).")
     _require(train.z_loss >= 0.0, "train.z_loss must be >= 0.")
+    decode_batches = train.get("decode_batches", 0)
+    _require(
+        isinstance(decode_batches, int) and decode_batches >= 0,
+        f"train.decode_batches={decode_batches!r} must be an integer >= 0 (0 disables decoding).",
+    )
+    _require(
+        decode_batches == 0 or cfg.model.family == "encoder_decoder",
+        "train.decode_batches > 0 (decoded-text metrics) needs model.family='encoder_decoder' "
+        "for now; set train.decode_batches=0.",
+    )
 
     _check_choice(opt.name, "optimizer.name", OPTIMIZERS)
     _check_choice(opt.schedule, "optimizer.schedule", SCHEDULES)

@@ -2,7 +2,8 @@
 
 The same module serves self-attention (decoder-only and T5 encoder/decoder) and cross-attention
 (T5 decoder over encoder outputs). The softmax itself is `jax.nn.dot_product_attention`, which
-picks XLA's or cuDNN's kernel; we only build projections, RoPE and masks around it.
+picks XLA's or cuDNN's kernel; we only build projections, RoPE, masks and biases (T5's relative
+position bias) around it.
 """
 
 import flax.linen as nn
@@ -31,15 +32,29 @@ def make_attention_mask(
     return mask[:, None, :, :]
 
 
+def default_segments_and_positions(
+    tokens: jax.Array, segment_ids: jax.Array | None, positions: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """An unpacked row's segment ids (all 1) and positions (0..L-1) where none are given."""
+    if segment_ids is None:
+        segment_ids = jnp.ones_like(tokens)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return segment_ids, positions
+
+
 class Attention(nn.Module):
     """Projections, optional RoPE, dot-product attention and the output projection."""
 
     config: TransformerConfig
     use_rope: bool = False
 
-    def _project(self, x: jax.Array, heads: int, head_axis: str, name: str) -> jax.Array:
+    def _project(
+        self, x: jax.Array, heads: int, head_axis: str, name: str, init_scale: float = 1.0
+    ) -> jax.Array:
         cfg = self.config
-        return dense(cfg, (heads, cfg.qkv_dim), ("embed", head_axis, "kv"), name)(x)
+        features, axes = (heads, cfg.qkv_dim), ("embed", head_axis, "kv")
+        return dense(cfg, features, axes, name, init_scale=init_scale)(x)
 
     @nn.compact
     def __call__(
@@ -49,9 +64,14 @@ class Attention(nn.Module):
         mask: jax.Array,
         q_positions: jax.Array | None = None,
         kv_positions: jax.Array | None = None,
+        bias: jax.Array | None = None,
     ) -> jax.Array:
+        """Attends from x [B, Tq, E] to kv_input [B, Tk, E]; `bias` [B|1, H, Tq, Tk] is added to
+        the logits before the softmax."""
         cfg = self.config
-        q = self._project(x, cfg.num_heads, "heads", "query")
+        # Unscaled logits (T5): the 1/sqrt(head_dim) goes into the query init, as in T5X.
+        query_scale = 1.0 if cfg.scale_attention_logits else 1.0 / cfg.qkv_dim
+        q = self._project(x, cfg.num_heads, "heads", "query", init_scale=query_scale)
         k = self._project(kv_input, cfg.kv_heads, "kv_heads", "key")
         v = self._project(kv_input, cfg.kv_heads, "kv_heads", "value")
         if self.use_rope:
@@ -60,7 +80,10 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        scale = None if cfg.scale_attention_logits else 1.0
+        if bias is not None:
+            bias = bias.astype(q.dtype)
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         y = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

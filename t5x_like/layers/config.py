@@ -14,7 +14,11 @@ import jax.numpy as jnp
 ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu", "reglu")
 GATED_ACTIVATIONS = ("swiglu", "geglu", "reglu")
 NORMS = ("rmsnorm", "layernorm")
-POSITIONS = ("rope", "learned", "sinusoidal", "none")
+# "relative": T5's bucketed relative position bias, added to the attention logits.
+POSITIONS = ("rope", "learned", "sinusoidal", "relative", "none")
+# "pre": x + f(norm(x)) with a final norm (T5, GPT-2, LLaMA); "post": norm(x + f(x)) (the
+# original Transformer).
+NORM_POSITIONS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
 # Rematerialisation: "none" keeps every activation for the backward pass, "full" recomputes each
 # layer from its input, "dots" keeps only the outputs of weight matmuls.
@@ -27,7 +31,8 @@ class TransformerConfig:
 
     vocab_size: int = 4096
     d_model: int = 256
-    num_layers: int = 4
+    num_layers: int = 4  # Decoder-only: the stack; encoder-decoder: the encoder.
+    num_decoder_layers: int | None = None  # Encoder-decoder only; None: num_layers.
     num_heads: int = 4
     num_kv_heads: int | None = None  # None: as many as num_heads (MHA); 1: MQA; else GQA.
     head_dim: int | None = None  # None: d_model // num_heads.
@@ -35,9 +40,16 @@ class TransformerConfig:
     activation: str = "swiglu"
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
+    norm_position: str = "pre"  # One of NORM_POSITIONS.
     position: str = "rope"
     max_len: int = 2048  # Size of the learned position table.
     rope_theta: float = 10_000.0
+    # T5's relative position buckets: half exact, half logarithmic up to max_distance.
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    # Divide attention logits by sqrt(head_dim). T5 does not; it folds that factor into the
+    # query projection's initialisation instead.
+    scale_attention_logits: bool = True
     tie_embeddings: bool = True
     use_bias: bool = False
     dropout_rate: float = 0.0
@@ -55,6 +67,10 @@ class TransformerConfig:
     @property
     def qkv_dim(self) -> int:
         return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_layers
 
     @property
     def compute_dtype(self) -> Any:

@@ -1,4 +1,4 @@
-"""Token embeddings and position encodings: sinusoidal, learned and rotary (RoPE)."""
+"""Token embeddings and position encodings: sinusoidal, learned, rotary (RoPE), T5 relative."""
 
 import flax.linen as nn
 import jax
@@ -63,6 +63,23 @@ class LearnedPositions(nn.Module):
         return jnp.take(jnp.asarray(table, cfg.compute_dtype), positions, axis=0)
 
 
+def add_absolute_positions(
+    config: TransformerConfig,
+    x: jax.Array,
+    positions: jax.Array,
+    learned: LearnedPositions | None = None,
+) -> jax.Array:
+    """x plus the configured absolute position encoding: the `learned` table or sinusoids.
+
+    RoPE and relative positions act inside attention instead, so they leave x unchanged.
+    """
+    if config.position == "learned":
+        return x + learned(positions)
+    if config.position == "sinusoidal":
+        return x + sinusoidal_positions(positions, config.d_model).astype(x.dtype)
+    return x
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary position embedding of x [B, L, H, D] at integer positions [B, L].
 
@@ -81,3 +98,64 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     x1, x2 = xf[..., :half], xf[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def relative_position_bucket(
+    relative_position: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
+    """T5's bucket of each relative position (key position - query position).
+
+    Half of the buckets (per direction when bidirectional) hold exact distances 0..max_exact-1;
+    the others cover distances up to `max_distance` on a log scale, and farther ones share the
+    last bucket. Causal attention only sees non-positive offsets, so all buckets go to the past.
+    """
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = jnp.maximum(-relative_position, 0)
+    max_exact = num_buckets // 2
+    # Clamped to 1 inside the log only to avoid log(0); those entries take the exact branch.
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / np.log(
+        max_distance / max_exact
+    )
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned per-head bias for each relative-position bucket, shared by a stack's layers.
+
+    Computed from the tokens' positions (restarting at 0 in each packed segment), so a packed
+    row gets the same biases within each segment as the segment would alone.
+    """
+
+    config: TransformerConfig
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_positions: jax.Array, kv_positions: jax.Array) -> jax.Array:
+        """Bias [B, heads, Tq, Tk] for positions q [B, Tq] and kv [B, Tk]."""
+        cfg = self.config
+        table = self.param(
+            "rel_embedding",
+            logical_init(
+                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                ("relpos_buckets", "heads"),
+            ),
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+            cfg.weight_dtype,
+        )
+        relative = kv_positions[:, None, :] - q_positions[:, :, None]
+        buckets = relative_position_bucket(
+            relative,
+            bidirectional=self.bidirectional,
+            num_buckets=cfg.relative_attention_num_buckets,
+            max_distance=cfg.relative_attention_max_distance,
+        )
+        bias = jnp.take(jnp.asarray(table, cfg.compute_dtype), buckets, axis=0)  # [B, Tq, Tk, H]
+        bias = jnp.transpose(bias, (0, 3, 1, 2))
+        return nn.with_logical_constraint(bias, ("batch", "heads", "length", "kv_length"))

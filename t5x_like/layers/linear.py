@@ -68,12 +68,16 @@ def dense(
     cfg: TransformerConfig,
     features: int | Sequence[int],
     kernel_axes: Sequence[str],
-    name: str,
+    name: str | None = None,
     *,
     axis: int | Sequence[int] = -1,
     use_bias: bool | None = None,
+    init_scale: float = 1.0,
 ) -> DenseGeneral:
-    """A DenseGeneral with the config's compute/param dtypes and, unless given, its use_bias."""
+    """A DenseGeneral with the config's compute/param dtypes and, unless given, its use_bias.
+
+    `name` may be None inside a `setup()`, where the attribute name names the module.
+    """
     return DenseGeneral(
         features=features,
         kernel_axes=kernel_axes,
@@ -81,5 +85,6 @@ def dense(
         use_bias=cfg.use_bias if use_bias is None else use_bias,
         dtype=cfg.compute_dtype,
         param_dtype=cfg.weight_dtype,
+        init_scale=init_scale,
         name=name,
     )

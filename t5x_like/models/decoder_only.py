@@ -2,11 +2,10 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from t5x_like.layers.attention import make_attention_mask
+from t5x_like.layers.attention import default_segments_and_positions, make_attention_mask
 from t5x_like.layers.config import TransformerConfig
-from t5x_like.layers.embeddings import Embed, LearnedPositions, sinusoidal_positions
+from t5x_like.layers.embeddings import Embed, LearnedPositions, add_absolute_positions
 from t5x_like.layers.linear import dense
 from t5x_like.layers.transformer import TransformerStack
 
@@ -29,17 +28,13 @@ class DecoderOnlyTransformer(nn.Module):
         deterministic: bool = True,
     ) -> jax.Array:
         cfg = self.config
-        if segment_ids is None:
-            segment_ids = jnp.ones_like(tokens)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        segment_ids, positions = default_segments_and_positions(tokens, segment_ids, positions)
 
         embed = Embed(cfg, name="token_embed")
-        x = embed(tokens)
+        learned = None
         if cfg.position == "learned":
-            x = x + LearnedPositions(cfg, name="position_embed")(positions)
-        elif cfg.position == "sinusoidal":
-            x = x + sinusoidal_positions(positions, cfg.d_model).astype(x.dtype)
+            learned = LearnedPositions(cfg, name="position_embed")
+        x = add_absolute_positions(cfg, embed(tokens), positions, learned)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 

@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import optax
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, partitioning
+from t5x_like import checkpointing, models, partitioning
 from t5x_like import config as config_lib
 from t5x_like.layers.config import TransformerConfig
-from t5x_like.models import build_model
 from t5x_like.training import losses, optimizers, steps
 from t5x_like.training.train_state import TrainState
 
@@ -33,6 +32,7 @@ class Experiment:
     rules: partitioning.Rules
     splits: dict[str, Any]
     vocab: Any  # t5x_like.data.vocab.SentencePieceVocab
+    task: Any  # t5x_like.data.tasks.Task: the preprocessing and row lengths.
     model: nn.Module
     model_config: TransformerConfig
     tx: optax.GradientTransformation
@@ -73,6 +73,7 @@ def build_experiment(cfg: config_dict.ConfigDict) -> Experiment:
         dataset_name=data.dataset,
         split=data.train_split,
         vocab_size=data.vocab_size,
+        extra_ids=data.get("extra_ids", 0),
         text_key=data.text_key,
     )
     return assemble_experiment(cfg, splits=splits, vocab=vocab)
@@ -89,6 +90,8 @@ def assemble_experiment(
 
     Without a vocabulary, model.vocab_size must be set in the config (tests use this).
     """
+    from t5x_like.data import tasks
+
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = config_lib.validate_config(cfg, len(devices), jax.process_count())
     rules = partitioning.rules_from_config(cfg.partitioning.rules)
@@ -97,7 +100,7 @@ def assemble_experiment(
         _resolve_vocab_size(cfg, vocab.vocab_size)
     elif cfg.model.vocab_size is None:
         raise config_lib.ConfigError("model.vocab_size must be set when no vocabulary is given.")
-    model = build_model(cfg.model)
+    model = models.build_model(cfg.model)
     tx, schedule = optimizers.make_optimizer(cfg.optimizer, cfg.train.steps)
     return Experiment(
         cfg=cfg,
@@ -105,6 +108,7 @@ def assemble_experiment(
         rules=rules,
         splits=splits or {},
         vocab=vocab,
+        task=tasks.Task.from_config(cfg.data),
         model=model,
         model_config=model.config,
         tx=tx,
@@ -115,9 +119,8 @@ def assemble_experiment(
 
 def _init_boxed_params(exp: Experiment, rng: jax.Array) -> Any:
     # A [batch, 1] dummy input: enough to create every parameter, cheap to trace.
-    tokens = jnp.zeros((exp.cfg.train.batch_size, 1), jnp.int32)
     with nn.logical_axis_rules(exp.rules):
-        return exp.model.init(rng, tokens)["params"]
+        return models.init_params(exp.model, rng, exp.cfg.train.batch_size)
 
 
 def state_shardings(exp: Experiment) -> tuple[TrainState, TrainState]:
@@ -164,12 +167,11 @@ def _pipeline_args(exp: Experiment) -> dict[str, Any]:
     """Arguments the train and eval pipelines share: this process's slice of the global batch."""
     cfg = exp.cfg
     return dict(
-        seq_len=cfg.data.seq_len,
+        task=exp.task,
         batch_size=cfg.train.batch_size // jax.process_count(),
         pack=cfg.data.pack,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        text_key=cfg.data.text_key,
     )
 
 
@@ -180,14 +182,18 @@ def make_train_iterator(exp: Experiment) -> Any:
     return pipeline.make_train_iterator(split, exp.vocab, seed=exp.cfg.seed, **_pipeline_args(exp))
 
 
-def make_eval_iterator(exp: Experiment) -> Any:
+def make_eval_iterator(exp: Experiment, *, for_decoding: bool = False) -> Any:
+    """The eval split's batches; `for_decoding`: one example per row, train.decode_batches."""
     from t5x_like.data import pipeline
 
     split = exp.splits[exp.cfg.data.eval_split]
-    num_batches = exp.cfg.train.eval_batches or None
-    return pipeline.make_eval_iterator(
-        split, exp.vocab, num_batches=num_batches, **_pipeline_args(exp)
-    )
+    args = _pipeline_args(exp)
+    if for_decoding:
+        args["pack"] = False
+        num_batches = exp.cfg.train.decode_batches
+    else:
+        num_batches = exp.cfg.train.eval_batches or None
+    return pipeline.make_eval_iterator(split, exp.vocab, num_batches=num_batches, **args)
 
 
 def jit_steps(exp: Experiment, shardings: TrainState) -> tuple[Any, Any]:

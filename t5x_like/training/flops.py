@@ -4,6 +4,10 @@ FLOPs per token (training, forward + backward) = 6 * N + 12 * L * T * d_attn, wh
 parameters used in matmuls (all but the token/position embedding lookups; a tied LM head counts
 once, as a matmul), L the layers, T the sequence length and d_attn = heads * head_dim: the PaLM
 appendix-B formula, attention scores and values counted over the full (not causal) square.
+
+Encoder-decoder models: per step 6 * (N_enc * T_enc + N_dec * T_dec) + 12 * d_attn * (L_enc *
+T_enc^2 + L_dec * T_dec * (T_dec + T_enc)) per example, where N_dec includes the LM head and the
+cross-attention; divided by T_enc + T_dec to give FLOPs per (encoder or decoder) token.
 """
 
 from __future__ import annotations
@@ -40,19 +44,36 @@ def param_count(params: Any) -> int:
 
 
 def matmul_params(params: Any, cfg: TransformerConfig) -> int:
-    """Parameters taking part in matmuls: embedding tables count only if tied to the LM head."""
+    """Parameters taking part in matmuls: the token embedding counts only if tied to the LM head;
+    position tables and relative position biases (lookups) never count."""
     total = param_count(params)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, leaf in flat:
         keys = partitioning.path_names(path)
-        if "embedding" in keys[-1:] and ("position_embed" in keys or not cfg.tie_embeddings):
+        lookup = keys[-1] == "rel_embedding" or any(k.endswith("position_embed") for k in keys)
+        if lookup or (keys[-1] == "embedding" and not cfg.tie_embeddings):
             total -= math.prod(leaf.shape)
     return total
 
 
 def train_flops_per_token(params: Any, cfg: TransformerConfig, seq_len: int) -> float:
+    """Decoder-only training FLOPs per token at sequence length `seq_len`."""
     attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.qkv_dim
     return 6.0 * matmul_params(params, cfg) + attention
+
+
+def encoder_decoder_train_flops_per_token(
+    params: Any, cfg: TransformerConfig, inputs_len: int, targets_len: int
+) -> float:
+    """Encoder-decoder training FLOPs per token, averaged over encoder and decoder tokens."""
+    encoder = matmul_params(params.get("encoder", {}), cfg)
+    decoder = matmul_params(params, cfg) - encoder  # Decoder stack and LM head.
+    d_attn = cfg.num_heads * cfg.qkv_dim
+    encoder_attention = cfg.num_layers * inputs_len**2
+    decoder_attention = cfg.decoder_layers * targets_len * (targets_len + inputs_len)
+    attention = 12 * d_attn * (encoder_attention + decoder_attention)
+    per_example = 6.0 * (encoder * inputs_len + decoder * targets_len) + attention
+    return per_example / (inputs_len + targets_len)
 
 
 @functools.cache

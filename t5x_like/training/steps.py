@@ -8,21 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5x_like import models
 from t5x_like.training import losses
 from t5x_like.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
-
-
-def _logits(model: nn.Module, params: Any, batch: Batch, deterministic: bool, rngs=None):
-    return model.apply(
-        {"params": params},
-        batch["inputs"],
-        segment_ids=batch["segment_ids"],
-        positions=batch["positions"],
-        deterministic=deterministic,
-        rngs=rngs,
-    )
 
 
 def make_train_step(
@@ -39,7 +29,9 @@ def make_train_step(
         dropout_rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
-            logits = _logits(model, params, batch, False, {"dropout": dropout_rng})
+            logits = models.forward(
+                model, params, batch, deterministic=False, rngs={"dropout": dropout_rng}
+            )
             sums = losses.loss_sums(
                 logits, batch["targets"], batch["weights"], z_loss, label_smoothing
             )
@@ -62,7 +54,7 @@ def make_eval_step(
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
         with nn.logical_axis_rules(rules):
-            logits = _logits(model, params, batch, True)
+            logits = models.forward(model, params, batch)
         return losses.loss_sums(logits, batch["targets"], batch["weights"], z_loss)
 
     return eval_step

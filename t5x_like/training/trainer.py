@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -17,6 +18,7 @@ from ml_collections import config_dict
 
 from t5x_like import checkpointing, partitioning
 from t5x_like import config as config_lib
+from t5x_like.evaluation import decode_eval
 from t5x_like.training import flops, losses
 from t5x_like.training.compilation import compile_count, enable_compilation_cache
 from t5x_like.training.experiment import (
@@ -25,6 +27,7 @@ from t5x_like.training.experiment import (
     evaluate,
     init_state,
     jit_steps,
+    make_eval_iterator,
     make_train_iterator,
     state_shardings,
 )
@@ -83,21 +86,63 @@ def _log_train(done: int, total: int, metrics: dict[str, float], writer: Metrics
     writer.write(done, "train", metrics)
 
 
+def _checkpoint_dir(path: str) -> str:
+    """`path` itself if it holds checkpoints, else its `checkpoints/` (a workdir was given)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    nested = os.path.join(path, "checkpoints")
+    return nested if os.path.isdir(nested) else path
+
+
+def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: Any) -> TrainState:
+    """`state` with its params replaced by those of `train.init_from` (optimizer kept fresh)."""
+    train_cfg = exp.cfg.train
+    directory = _checkpoint_dir(train_cfg.init_from)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"train.init_from={train_cfg.init_from!r}: no such checkpoint directory. Point it at "
+            "a pretraining workdir or its checkpoints/ directory."
+        )
+    source = checkpointing.Checkpointer(directory, async_save=False)
+    try:
+        params = source.restore_params(train_cfg.init_step, abstract_params)
+    except (ValueError, KeyError) as e:
+        raise config_lib.ConfigError(
+            f"The params in train.init_from={train_cfg.init_from!r} do not fit this model "
+            f"({e}). Use the pretraining run's model settings (and vocabulary) here."
+        ) from e
+    finally:
+        source.close()
+    logging.info("Initialised params from %s (optimizer state fresh).", directory)
+    return state.replace(params=params)
+
+
 def _restore_or_init(
     exp: Experiment, checkpointer: checkpointing.Checkpointer, train_iter: Any
 ) -> TrainState:
-    """The latest checkpoint's state (iterator repositioned), or a fresh sharded init."""
+    """The latest checkpoint's state (iterator repositioned), else a fresh sharded init whose
+    params come from `train.init_from` when set (fine-tuning)."""
     abstract_state, shardings = state_shardings(exp)
     latest = checkpointer.latest_step()
-    if latest is None:
-        return init_state(exp, shardings)
-    logging.info("Resuming from %s/%d.", checkpointer.directory, latest)
-    return checkpointer.restore(latest, abstract_state, train_iter)
+    if latest is not None:
+        logging.info("Resuming from %s/%d.", checkpointer.directory, latest)
+        return checkpointer.restore(latest, abstract_state, train_iter)
+    state = init_state(exp, shardings)
+    if exp.cfg.train.get("init_from"):
+        state = _init_from_pretrained(exp, state, abstract_state.params)
+    return state
 
 
 def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
-    cfg = exp.cfg
-    flops_per_token = flops.train_flops_per_token(state.params, exp.model_config, cfg.data.seq_len)
+    """Logs the model's size and FLOPs; the throughput meter counts encoder + decoder tokens."""
+    cfg, task = exp.cfg, exp.task
+    if task.is_encoder_decoder:
+        row_tokens = task.inputs_len + task.targets_len
+        flops_per_token = flops.encoder_decoder_train_flops_per_token(
+            state.params, exp.model_config, task.inputs_len, task.targets_len
+        )
+    else:
+        row_tokens = task.seq_len
+        flops_per_token = flops.train_flops_per_token(state.params, exp.model_config, row_tokens)
     peak, peak_source = flops.peak_flops(cfg.model.dtype)
     logging.info(
         "Model: %s parameters, %.3g train FLOPs/token; peak %.3g FLOP/s (%s).",
@@ -106,13 +151,35 @@ def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
         peak,
         peak_source,
     )
-    return _Throughput(cfg.train.batch_size * cfg.data.seq_len, flops_per_token, peak)
+    return _Throughput(cfg.train.batch_size * row_tokens, flops_per_token, peak)
+
+
+def _write_decodes(workdir: str, step: int, examples: list[dict[str, str]]) -> None:
+    directory = os.path.join(workdir, "decodes")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"step_{step}.jsonl"), "w", encoding="utf-8") as f:
+        for example in examples:
+            f.write(json.dumps(example, ensure_ascii=False) + "\n")
 
 
 def _eval_and_log(
-    exp: Experiment, jit_eval: Any, state: TrainState, step: int, writer: MetricsWriter
+    exp: Experiment,
+    steps: dict[str, Any],
+    state: TrainState,
+    step: int,
+    writer: MetricsWriter,
+    workdir: str,
 ) -> dict[str, float]:
-    metrics = evaluate(exp, jit_eval, state.params)
+    """Teacher-forced metrics, plus decoded-text metrics when train.decode_batches > 0."""
+    metrics = evaluate(exp, steps["eval"], state.params)
+    if "decode" in steps:
+        batches = make_eval_iterator(exp, for_decoding=True)
+        scores, examples = decode_eval.evaluate_decodes(exp, steps["decode"], state.params, batches)
+        metrics.update(scores)
+        if examples and jax.process_index() == 0:
+            _write_decodes(workdir, step, examples)
+            for example in examples[:3]:
+                logging.info("decoded: %r -> %r (target %r)", *example.values())
     logging.info("step %d eval: %s", step, _format(metrics))
     writer.write(step, "eval", metrics)
     return metrics
@@ -148,7 +215,11 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     state = _restore_or_init(exp, checkpointer, train_iter)
     start_step = int(jax.device_get(state.step))
     throughput = _describe_model(exp, state)
-    jit_train, jit_eval = jit_steps(exp, jax.tree.map(lambda x: x.sharding, state))
+    state_shards = jax.tree.map(lambda x: x.sharding, state)
+    jit_train, jit_eval = jit_steps(exp, state_shards)
+    eval_steps = {"eval": jit_eval}
+    if train_cfg.get("decode_batches", 0):
+        eval_steps["decode"] = decode_eval.jit_decode(exp, state_shards.params)
     writer = MetricsWriter(workdir)
     history: list[dict[str, jax.Array]] = []
     result: dict[str, Any] = {"start_step": start_step, "train": {}, "eval": {}}
@@ -156,7 +227,7 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
 
     with partitioning.activate(exp.mesh, exp.rules):
         if start_step == 0 and train_cfg.eval_every and train_cfg.eval_at_start:
-            result["eval"] = _eval_and_log(exp, jit_eval, state, 0, writer)
+            result["eval"] = _eval_and_log(exp, eval_steps, state, 0, writer, workdir)
         for step in range(start_step, train_cfg.steps):
             batch = partitioning.global_batch(next(train_iter), exp.batch_sharding)
             state, metrics = jit_train(state, batch)
@@ -181,7 +252,7 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
                 history = []
                 throughput.reset()
             if _due(done, train_cfg.eval_every, train_cfg.steps):
-                result["eval"] = _eval_and_log(exp, jit_eval, state, done, writer)
+                result["eval"] = _eval_and_log(exp, eval_steps, state, done, writer, workdir)
                 throughput.reset()
             if _due(done, train_cfg.checkpoint_every, train_cfg.steps):
                 checkpointer.save(done, state, train_iter)

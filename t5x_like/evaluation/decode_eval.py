@@ -1,0 +1,70 @@
+"""Decoded-text evaluation: greedy-decode eval examples and score the text against the targets.
+
+Used by the trainer (`train.decode_batches` batches per eval) and by fine-tuning: accuracy,
+exact match and BLEU of the decoded outputs (see `metrics.py`), plus a few examples to log.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from t5x_like import decoding, partitioning
+from t5x_like.evaluation import metrics
+
+
+def jit_decode(exp: Any, param_shardings: Any) -> Any:
+    """Jitted greedy decoding of a global batch: (params, batch) -> (outputs, targets, inputs).
+
+    The results are replicated, so every process can read every row.
+    """
+    decode = functools.partial(
+        decoding.greedy_decode_encoder_decoder,
+        exp.model,
+        max_len=exp.task.targets_len,
+        eos_id=exp.vocab.eos_id,
+    )
+
+    def decode_batch(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        outputs = decode(params, batch["encoder_inputs"], batch["encoder_segment_ids"])
+        return outputs, batch["targets"], batch["encoder_inputs"]
+
+    rep = partitioning.replicated(exp.mesh)
+    return jax.jit(
+        decode_batch,
+        in_shardings=(param_shardings, exp.batch_sharding),
+        out_shardings=(rep, rep, rep),
+    )
+
+
+def evaluate_decodes(
+    exp: Any, decode_fn: Any, params: Any, local_batches: Any
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """({decode_accuracy, decode_exact_match, decode_bleu, decode_examples}, examples).
+
+    Rows whose targets are all padding (eval top-up rows) are skipped.
+    """
+    predictions: list[str] = []
+    references: list[str] = []
+    inputs: list[str] = []
+    for local_batch in local_batches:
+        batch = partitioning.global_batch(local_batch, exp.batch_sharding)
+        outputs, targets, encoder_inputs = jax.device_get(decode_fn(params, batch))
+        for out, tgt, enc in zip(outputs, targets, encoder_inputs, strict=True):
+            if not np.any(tgt):
+                continue
+            predictions.append(exp.vocab.decode(out))
+            references.append(exp.vocab.decode(tgt))
+            inputs.append(exp.vocab.decode(enc))
+    if not predictions:
+        return {}, []
+    scores = {f"decode_{k}": v for k, v in metrics.text_metrics(predictions, references).items()}
+    scores["decode_examples"] = float(len(predictions))
+    examples = [
+        {"inputs": i, "prediction": p, "target": r}
+        for i, p, r in zip(inputs, predictions, references, strict=True)
+    ]
+    return scores, examples
