@@ -35,8 +35,10 @@ def is_validation(text: str) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < VALIDATION_PERCENT
 
 
-def collect_documents() -> list[str]:
-    """Runs stdlib_docs.py in an isolated child interpreter and returns its documents.
+def collect_records() -> list[dict[str, str]]:
+    """Runs stdlib_docs.py in an isolated child interpreter and returns its records.
+
+    Records are {"text", "kind", "module"} (see `stdlib_docs.collect_records`).
 
     A child process keeps the side effects of importing every stdlib module (threads, signal
     handlers, output) out of this process. `-I -S` keeps user site-packages, PYTHON* variables
@@ -64,12 +66,22 @@ def collect_documents() -> list[str]:
             return json.load(f)
 
 
+def collect_documents() -> list[str]:
+    """The corpus documents: the texts of `collect_records()`, in collection order."""
+    return [r["text"] for r in collect_records()]
+
+
 class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
     """English prose bundled with CPython, split into train and validation by text hash."""
 
     name = NAME
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "pydoc topics and standard-library docstrings."}
+
+    def __init__(self, *, documents: list[str] | None = None, **kwargs):
+        """`documents`: already collected documents to build from (None: collect them)."""
+        self._documents = documents
+        super().__init__(**kwargs)
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -90,7 +102,7 @@ class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         del dl_manager  # Nothing to download.
-        docs = collect_documents()
+        docs = self._documents if self._documents is not None else collect_documents()
         return {
             "train": self._generate_examples([d for d in docs if not is_validation(d)]),
             "validation": self._generate_examples([d for d in docs if is_validation(d)]),
@@ -103,6 +115,11 @@ class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
             yield hashlib.sha256(text.encode("utf-8")).hexdigest(), {"text": text}
 
 
-def build(data_dir: str) -> None:
-    """Prepares the corpus as array_record under `data_dir` (a no-op when already there)."""
-    EmbeddedCorpus(data_dir=data_dir, file_format="array_record").download_and_prepare()
+def build(data_dir: str, documents: list[str] | None = None) -> None:
+    """Prepares the corpus as array_record under `data_dir` (a no-op when already there).
+
+    `documents` are `collect_documents()`'s, when already collected (see
+    `docstrings.build_all`).
+    """
+    builder = EmbeddedCorpus(data_dir=data_dir, file_format="array_record", documents=documents)
+    builder.download_and_prepare()

@@ -1,9 +1,21 @@
 """Fixed-length rows from variable-length (inputs, targets) examples: packed or padded alone.
 
-Every row has `inputs`, `targets` (int32, 0-padded), `segment_ids` (int32: 1..k for the k
-examples in the row, 0 on padding), `positions` (int32: 0..len-1 restarting per segment) and
-`weights` (float32: 1 on real target tokens, 0 on padding). Packing is grain's first-fit
-packer; this module renames its output and adds the weights.
+Decoder-only rows (`pack`, `pad`, `to_rows`; examples with equal-length inputs and targets)
+have `inputs`, `targets` (int32, 0-padded), `segment_ids` (int32: 1..k for the k examples in
+the row, 0 on padding), `positions` (int32: 0..len-1 restarting per segment) and `weights`
+(float32: 1 on real target tokens, 0 on padding).
+
+Encoder-decoder rows (`pack_encdec`, `pad_encdec`, `encdec_to_rows`) have the `ENCDEC_KEYS`:
+`encoder_inputs`, `encoder_segment_ids`, `encoder_positions` of length inputs_len, and
+`decoder_inputs`, `decoder_segment_ids`, `decoder_positions`, `targets`, `weights` of length
+targets_len. Segment k of the encoder row and segment k of the decoder row are the same
+example. `decoder_inputs` is `targets` shifted right by one within each segment, each segment
+starting with BOS 0 (T5's convention).
+
+Packing is grain's first-fit packer: it places an example in the first of its bins where every
+feature fits and gives all of the example's features that bin's next segment id, which is
+what keeps encoder and decoder segments aligned. This module renames its output and adds the
+weights (and the decoder inputs).
 """
 
 import functools
@@ -12,6 +24,16 @@ import grain
 import numpy as np
 
 FEATURES = ("inputs", "targets")
+ENCDEC_KEYS = (
+    "encoder_inputs",
+    "encoder_segment_ids",
+    "encoder_positions",
+    "decoder_inputs",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "targets",
+    "weights",
+)
 
 
 def _validate(example: dict[str, np.ndarray], seq_len: int) -> None:
@@ -104,3 +126,125 @@ def to_rows(
             ds, seq_len, num_packing_bins=num_packing_bins, shuffle_bins=shuffle_bins, seed=seed
         )
     return pad(ds, seq_len)
+
+
+def _validate_encdec(example: dict[str, np.ndarray], inputs_len: int, targets_len: int) -> None:
+    for key, max_len in (("inputs", inputs_len), ("targets", targets_len)):
+        n = len(example[key])
+        if n == 0:
+            # An empty encoder segment would leave its decoder segment nothing to attend to.
+            raise ValueError(f"Encoder-decoder example with empty {key}; every example needs both.")
+        if n > max_len:
+            raise ValueError(
+                f"Encoder-decoder example with {key} of {n} tokens does not fit "
+                f"{key}_len={max_len}; truncate or chunk it first."
+            )
+
+
+def _encdec_row(
+    encoder: tuple[np.ndarray, np.ndarray, np.ndarray],
+    decoder: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Rows from (tokens, segment_ids, positions) of each side; adds decoder_inputs, weights."""
+    enc_tokens, enc_seg, enc_pos = (np.asarray(x, np.int32) for x in encoder)
+    targets, dec_seg, dec_pos = (np.asarray(x, np.int32) for x in decoder)
+    # Shift right within each segment: a segment's first token (position 0) gets BOS 0, which
+    # also keeps one example's last target from leaking into the next one's decoder inputs.
+    shifted = np.concatenate([np.zeros(1, np.int32), targets[:-1]])
+    decoder_inputs = np.where((dec_pos == 0) | (dec_seg == 0), 0, shifted).astype(np.int32)
+    return {
+        "encoder_inputs": enc_tokens,
+        "encoder_segment_ids": enc_seg,
+        "encoder_positions": enc_pos,
+        "decoder_inputs": decoder_inputs,
+        "decoder_segment_ids": dec_seg,
+        "decoder_positions": dec_pos,
+        "targets": targets,
+        "weights": (dec_seg > 0).astype(np.float32),
+    }
+
+
+def pad_encdec_example(
+    example: dict[str, np.ndarray], inputs_len: int, targets_len: int
+) -> dict[str, np.ndarray]:
+    """One encoder-decoder example alone in a row (the no-packing path): segment id 1."""
+    _validate_encdec(example, inputs_len, targets_len)
+
+    def side(x: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(x)
+        real = np.arange(length) < n
+        tokens = np.pad(np.asarray(x, np.int32), (0, length - n))
+        return tokens, real.astype(np.int32), np.where(real, np.arange(length), 0)
+
+    return _encdec_row(side(example["inputs"], inputs_len), side(example["targets"], targets_len))
+
+
+def _from_grain_packed_encdec(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return _encdec_row(
+        (row["inputs"], row["inputs_segment_ids"], row["inputs_positions"]),
+        (row["targets"], row["targets_segment_ids"], row["targets_positions"]),
+    )
+
+
+def _checked_encdec_features(
+    example: dict[str, np.ndarray], inputs_len: int, targets_len: int
+) -> dict[str, np.ndarray]:
+    _validate_encdec(example, inputs_len, targets_len)
+    return {k: example[k] for k in FEATURES}
+
+
+def pack_encdec(
+    ds: grain.IterDataset,
+    inputs_len: int,
+    targets_len: int,
+    *,
+    num_packing_bins: int,
+    shuffle_bins: bool = False,
+    seed: int = 0,
+) -> grain.IterDataset:
+    """Packs encoder-decoder examples into rows of (inputs_len, targets_len), first fit.
+
+    An example goes in the first bin where both its inputs and its targets fit; see `pack`
+    for `num_packing_bins` and `shuffle_bins`.
+    """
+    checked = functools.partial(
+        _checked_encdec_features, inputs_len=inputs_len, targets_len=targets_len
+    )
+    packed = grain.experimental.FirstFitPackIterDataset(
+        ds.map(checked),
+        length_struct={"inputs": inputs_len, "targets": targets_len},
+        num_packing_bins=num_packing_bins,
+        shuffle_bins=shuffle_bins,
+        seed=seed,
+    )
+    return packed.map(_from_grain_packed_encdec)
+
+
+def pad_encdec(ds: grain.IterDataset, inputs_len: int, targets_len: int) -> grain.IterDataset:
+    """Each encoder-decoder example padded alone to (inputs_len, targets_len)."""
+    return ds.map(
+        functools.partial(pad_encdec_example, inputs_len=inputs_len, targets_len=targets_len)
+    )
+
+
+def encdec_to_rows(
+    ds: grain.IterDataset,
+    inputs_len: int,
+    targets_len: int,
+    *,
+    pack_examples: bool,
+    num_packing_bins: int,
+    shuffle_bins: bool = False,
+    seed: int = 0,
+) -> grain.IterDataset:
+    """`pack_encdec(...)` if `pack_examples`, else `pad_encdec(...)`."""
+    if pack_examples:
+        return pack_encdec(
+            ds,
+            inputs_len,
+            targets_len,
+            num_packing_bins=num_packing_bins,
+            shuffle_bins=shuffle_bins,
+            seed=seed,
+        )
+    return pad_encdec(ds, inputs_len, targets_len)

@@ -1,12 +1,25 @@
-"""grain pipelines: a TFDS source -> per-process shard -> causal-LM rows -> numpy batches.
+"""grain pipelines: a TFDS source -> per-process shard -> task rows -> numpy batches.
 
     shard [p::count] -> shuffle (seed, reshuffled per epoch) -> repeat -> tokenize
-      -> chunks of <= seq_len -> pack (or pad) to seq_len -> batch
+      -> task examples -> pack (or pad) to the row lengths -> batch
 
-Batches are dicts of numpy arrays of shape [batch_size, seq_len] (`batch_size` per process):
-`inputs`, `targets`, `segment_ids`, `positions` (int32) and `weights` (float32). The train
-iterator is a grain DatasetIterator: `get_state()` is JSON-serialisable and `set_state()` on a
-fresh iterator built with the same arguments continues with exactly the same batches.
+The task (`tasks.Task`; causal LM when none is given) decides the examples and the rows:
+
+  causal_lm        chunks of <= seq_len tokens (with the document's EOS), shifted inputs.
+                   Batches of [batch_size, seq_len]: `KEYS` = inputs, targets, segment_ids,
+                   positions (int32), weights (float32).
+  span_corruption  documents (no EOS) cut into chunks of `random_spans_helper(inputs_len)[0]`
+                   tokens, each corrupted T5-style (`span_corruption.py`).
+  prefix_lm        documents (no EOS) cut into chunks of min(inputs_len + 1, targets_len)
+                   tokens, each split at a random point (`preprocessors.prefix_lm_example`).
+  seq2seq          one example per record from its inputs_key / targets_key features.
+                   Encoder-decoder batches: `ENCDEC_KEYS` (`packing.py`), [batch_size,
+                   inputs_len] for the encoder_* keys, [batch_size, targets_len] for the rest.
+
+Randomised tasks draw from a seed per document (grain's random map over the record stream, see
+`preprocessors.SeedDocument`), so batches depend only on the arguments. The train iterator is a
+grain DatasetIterator: `get_state()` is JSON-serialisable and `set_state()` on a fresh iterator
+built with the same arguments continues with exactly the same batches.
 """
 
 import functools
@@ -16,9 +29,11 @@ from typing import Any
 import grain
 import numpy as np
 
-from t5x_like.data import packing, preprocessors
+from t5x_like.data import packing, preprocessors, span_corruption
+from t5x_like.data.tasks import Task
 
 KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
+ENCDEC_KEYS = packing.ENCDEC_KEYS
 # Rows grain's packer fills at once when not told otherwise; more bins, less padding.
 DEFAULT_PACKING_BINS = 64
 # Tokenisation runs ahead of the packer in a few threads; more buys nothing on small hosts.
@@ -37,33 +52,99 @@ def shard_source(source: Sequence[Any], process_index: int, process_count: int) 
     return grain.MapDataset.source(source)[process_index::process_count]
 
 
+def resolve_task(task: Task | None, seq_len: int | None, text_key: str | None) -> Task:
+    """`task`, or the causal-LM task of `seq_len` and `text_key` (the pre-Task arguments).
+
+    With a task, `seq_len` and `text_key` may be left out or repeat the task's own values.
+    """
+    if task is None:
+        if seq_len is None:
+            raise ValueError("Give either task= or seq_len= (a causal-LM pipeline).")
+        return Task("causal_lm", seq_len=seq_len, text_key=text_key or "text")
+    for name, value in (("seq_len", seq_len), ("text_key", text_key)):
+        if value is not None and value != getattr(task, name):
+            raise ValueError(
+                f"{name}={value!r} disagrees with the task's {name}={getattr(task, name)!r}; "
+                "with task= set it in the Task only."
+            )
+    return task
+
+
+def batch_shapes(task: Task, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Key -> (shape, dtype) of the batches the pipelines make for `task`."""
+    if task.is_encoder_decoder:
+        lengths = {
+            k: task.inputs_len if k.startswith("encoder_") else task.targets_len
+            for k in ENCDEC_KEYS
+        }
+    else:
+        lengths = dict.fromkeys(KEYS, task.seq_len)
+    return {
+        k: ((batch_size, n), np.dtype(np.float32 if k == "weights" else np.int32))
+        for k, n in lengths.items()
+    }
+
+
+def _check_sentinels(task: Task, vocab: Any) -> None:
+    needed = task.max_noise_spans
+    have = getattr(vocab, "extra_ids", 0)
+    if have < needed:
+        raise ValueError(
+            f"Span corruption with data.inputs_len={task.inputs_len} makes up to {needed} noise "
+            f"spans per example, each needing a sentinel, but the vocabulary has {have} extra "
+            f"ids: load it with extra_ids >= {needed} (T5 uses 100)."
+        )
+
+
+def _examples(docs: grain.MapDataset, vocab: Any, task: Task, seed: int) -> grain.IterDataset:
+    """Records -> the task's variable-length {"inputs", "targets"} examples."""
+    if task.name == "seq2seq":
+        make = preprocessors.Seq2SeqExample(
+            vocab,
+            inputs_key=task.inputs_key,
+            targets_key=task.targets_key,
+            inputs_len=task.inputs_len,
+            targets_len=task.targets_len,
+            inputs_prefix=task.inputs_prefix,
+        )
+        return docs.map(make).to_iter_dataset(_READ_OPTIONS)
+    if task.name == "causal_lm":
+        tokens = docs.map(preprocessors.TokenizeText(vocab, task.text_key))
+        chunks = preprocessors.CausalLMChunks(task.seq_len)
+    else:
+        # LM objectives on raw text: chunks carry no document EOS (targets get their own).
+        tokens = docs.map(preprocessors.TokenizeText(vocab, task.text_key, add_eos=False))
+        # Indexed by position in the (shuffled, repeated) stream: the seed of each document.
+        tokens = tokens.random_map(preprocessors.SeedDocument(), seed=seed)
+        if task.name == "span_corruption":
+            _check_sentinels(task, vocab)
+            chunks = span_corruption.SpanCorruptionChunks(
+                vocab, task.span_lengths[0], task.noise_density, task.mean_noise_span_length
+            )
+        else:
+            chunks = preprocessors.PrefixLMChunks(vocab.eos_id, task.inputs_len, task.targets_len)
+    # A flat map over an IterDataset: a document may yield any number of chunks.
+    return grain.experimental.FlatMapIterDataset(tokens.to_iter_dataset(_READ_OPTIONS), chunks)
+
+
 def _rows(
     docs: grain.MapDataset,
     vocab: Any,
+    task: Task,
     *,
-    seq_len: int,
     pack: bool,
     num_packing_bins: int,
     shuffle_bins: bool,
     seed: int,
-    text_key: str,
 ) -> grain.IterDataset:
-    """Records -> token ids -> causal-LM chunks -> rows of seq_len (packed or padded)."""
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}.")
-    tokens = docs.map(preprocessors.TokenizeText(vocab, text_key))
-    # A flat map over an IterDataset: a document may yield any number of chunks.
-    examples = grain.experimental.FlatMapIterDataset(
-        tokens.to_iter_dataset(_READ_OPTIONS), preprocessors.CausalLMChunks(seq_len)
+    """Records -> task examples -> rows of the task's lengths (packed or padded)."""
+    examples = _examples(docs, vocab, task, seed)
+    kwargs = dict(
+        pack_examples=pack, num_packing_bins=num_packing_bins, shuffle_bins=shuffle_bins, seed=seed
     )
-    return packing.to_rows(
-        examples,
-        seq_len,
-        pack_examples=pack,
-        num_packing_bins=num_packing_bins,
-        shuffle_bins=shuffle_bins,
-        seed=seed,
-    )
+    if task.is_encoder_decoder:
+        return packing.encdec_to_rows(examples, task.inputs_len, task.targets_len, **kwargs)
+    return packing.to_rows(examples, task.seq_len, **kwargs)
 
 
 def _prefetch(ds: grain.IterDataset, worker_count: int) -> grain.IterDataset:
@@ -76,7 +157,7 @@ def make_train_iterator(
     source: Sequence[Any],
     vocab: Any,
     *,
-    seq_len: int,
+    seq_len: int | None = None,
     batch_size: int,
     seed: int,
     shuffle: bool = True,
@@ -86,26 +167,33 @@ def make_train_iterator(
     num_epochs: int | None = None,
     num_packing_bins: int | None = None,
     worker_count: int = 0,
-    text_key: str = "text",
+    text_key: str | None = None,
+    task: Task | None = None,
 ) -> grain.DatasetIterator:
     """An iterator of training batches for this process, deterministic given its arguments.
 
     Args:
       source: random-access records (a `sources.prepare_dataset(...)[split]`).
-      vocab: a `vocab.SentencePieceVocab` (anything with encode() and eos_id).
-      seq_len: tokens per row; longer documents are split into chunks, never dropped.
+      vocab: a `vocab.SentencePieceVocab` (anything with encode() and eos_id; span corruption
+        also needs extra_ids and extra_id(i)).
+      seq_len: tokens per causal-LM row when no `task` is given; longer documents are split
+        into chunks, never dropped.
       batch_size: rows per batch on this process (the global batch / process_count).
-      seed: shuffling seed; epoch e is shuffled with seed + e.
+      seed: shuffling seed (epoch e is shuffled with seed + e); also seeds the randomised
+        tasks' per-document draws.
       shuffle: shuffle the records (and the emission order of packed rows).
-      pack: pack several chunks per row; if False, each chunk is padded alone.
+      pack: pack several examples per row; if False, each example is padded alone.
       process_index, process_count: this process reads records [process_index::process_count].
       num_epochs: passes over the shard; None repeats forever. The last partial batch of a
         finite run is dropped.
       num_packing_bins: rows packed at once (default DEFAULT_PACKING_BINS).
       worker_count: grain worker processes (0: all in this process). Changing it changes the
         batches when packing (grain slices the work per worker).
-      text_key: the records' text feature.
+      text_key: the records' text feature when no `task` is given (default "text").
+      task: what to make of the records and the row layout (see the module docstring); None
+        is the causal LM of `seq_len` and `text_key`.
     """
+    task = resolve_task(task, seq_len, text_key)
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
     docs = shard_source(source, process_index, process_count)
@@ -116,20 +204,20 @@ def make_train_iterator(
     rows = _rows(
         docs,
         vocab,
-        seq_len=seq_len,
+        task,
         pack=pack,
         num_packing_bins=num_packing_bins or DEFAULT_PACKING_BINS,
         shuffle_bins=shuffle,
         seed=seed,
-        text_key=text_key,
     )
     batches = rows.batch(batch_size, drop_remainder=True)
     return iter(_prefetch(batches, worker_count))
 
 
-def _zero_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+def zero_batch(task: Task, batch_size: int) -> dict[str, np.ndarray]:
+    """An all-padding batch (weights 0) of `task`'s keys, shapes and dtypes."""
     return {
-        k: np.zeros((batch_size, seq_len), np.float32 if k == "weights" else np.int32) for k in KEYS
+        k: np.zeros(shape, dtype) for k, (shape, dtype) in batch_shapes(task, batch_size).items()
     }
 
 
@@ -182,25 +270,18 @@ class _PadToCountIterDataset(grain.IterDataset):
 def _eval_batches(
     source: Sequence[Any],
     vocab: Any,
+    task: Task,
     *,
-    seq_len: int,
     batch_size: int,
     pack: bool,
     process_index: int,
     process_count: int,
     num_packing_bins: int,
-    text_key: str,
 ) -> grain.IterDataset:
     docs = shard_source(source, process_index, process_count)
+    # Seed 0: randomised tasks corrupt / split each record the same way in every eval pass.
     rows = _rows(
-        docs,
-        vocab,
-        seq_len=seq_len,
-        pack=pack,
-        num_packing_bins=num_packing_bins,
-        shuffle_bins=False,
-        seed=0,
-        text_key=text_key,
+        docs, vocab, task, pack=pack, num_packing_bins=num_packing_bins, shuffle_bins=False, seed=0
     )
     # The last partial batch is filled with all-zero rows (weights 0) rather than dropped.
     pad_batch = functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
@@ -211,7 +292,7 @@ def make_eval_iterator(
     source: Sequence[Any],
     vocab: Any,
     *,
-    seq_len: int,
+    seq_len: int | None = None,
     batch_size: int,
     pack: bool = True,
     process_index: int = 0,
@@ -219,36 +300,38 @@ def make_eval_iterator(
     num_batches: int | None = None,
     num_packing_bins: int | None = None,
     worker_count: int = 0,
-    text_key: str = "text",
+    text_key: str | None = None,
+    task: Task | None = None,
 ) -> grain.DatasetIterator:
     """One deterministic pass over this process's shard of `source`, in record order.
 
-    Same batches as `make_train_iterator` (keys, shapes, dtypes); the last partial batch is
-    padded with all-zero rows (weights 0). Stops after `num_batches` batches if given.
+    Same batches as `make_train_iterator` (keys, shapes, dtypes) for the same `task` (or
+    `seq_len` and `text_key`); randomised tasks draw with seed 0, so every pass is the same.
+    The last partial batch is padded with all-zero rows (weights 0). Stops after `num_batches`
+    batches if given.
 
     With process_count > 1, every process yields the same number of batches (a jitted step
     over a global batch needs all of them), topping up with all-zero batches: `num_batches`
     when given, else the largest shard's batch count, which costs every process one extra
     tokenising pass over the whole split to compute.
     """
+    task = resolve_task(task, seq_len, text_key)
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be None (the whole split) or >= 1, got {num_batches}.")
     kwargs = dict(
-        seq_len=seq_len,
         batch_size=batch_size,
         pack=pack,
         process_count=process_count,
         num_packing_bins=num_packing_bins or DEFAULT_PACKING_BINS,
-        text_key=text_key,
     )
-    batches = _eval_batches(source, vocab, process_index=process_index, **kwargs)
+    batches = _eval_batches(source, vocab, task, process_index=process_index, **kwargs)
     if process_count > 1:
         if num_batches is None:
             num_batches = max(
-                sum(1 for _ in _eval_batches(source, vocab, process_index=p, **kwargs))
+                sum(1 for _ in _eval_batches(source, vocab, task, process_index=p, **kwargs))
                 for p in range(process_count)
             )
-        batches = _PadToCountIterDataset(batches, num_batches, _zero_batch(batch_size, seq_len))
+        batches = _PadToCountIterDataset(batches, num_batches, zero_batch(task, batch_size))
     elif num_batches is not None:
         batches = grain.experimental.LimitIterDataset(batches, num_batches)
     return iter(_prefetch(batches, worker_count))

@@ -1,7 +1,8 @@
 """Random-access TFDS sources (array_record) by dataset name; never downloads.
 
-`prepare_dataset` reads a dataset already prepared under a data dir; the one exception is the
-embedded corpus (`t5x_like_corpus`), which is built on the spot because it needs no network.
+`prepare_dataset` reads a dataset already prepared under a data dir; the exceptions are the
+embedded datasets, the corpus (`t5x_like_corpus`) and the labelled docstrings made from it
+(`t5x_like_docstrings`), which are built on the spot because they need no network.
 """
 
 import os
@@ -10,7 +11,10 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from t5x_like.data import corpus
+from t5x_like.data import corpus, docstrings
+
+# Datasets built from the Python installation itself: name -> build(data_dir).
+EMBEDDED_DATASETS = {corpus.NAME: corpus.build, docstrings.NAME: docstrings.build}
 
 
 class SplitNotFoundError(KeyError):
@@ -87,7 +91,8 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
 
     Args:
       name: a TFDS name, optionally with config and version (`"lm1b"`, `"c4/en:3.0.1"`).
-        `t5x_like_corpus` is built under `data_dir` first if it is not there yet.
+        The embedded datasets (`EMBEDDED_DATASETS`) are built under `data_dir` first if they
+        are not there yet.
       data_dir: TFDS data dir; None means TFDS's default.
 
     Raises:
@@ -96,8 +101,9 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
       ValueError: it is prepared in a format without random access (e.g. tfrecord).
     """
     data_dir = resolve_data_dir(data_dir)
-    if name.split(":")[0] == corpus.NAME:  # With or without a version.
-        corpus.build(data_dir)
+    build = EMBEDDED_DATASETS.get(name.split(":")[0])  # With or without a version.
+    if build is not None:
+        build(data_dir)
     try:
         # From files only: never instantiates the dataset's code, so it cannot download.
         builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)

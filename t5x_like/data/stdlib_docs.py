@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+# What a document is, in the order collect_records() meets them.
+KINDS = ("topic", "module", "class", "function", "method")
 # Docstrings shorter than this are mostly one-line summaries ("Return self+value.").
 MIN_DOC_CHARS = 100
 
@@ -79,8 +81,8 @@ def _own_doc(obj: Any) -> str | None:
     return inspect.cleandoc(doc) if isinstance(doc, str) else None
 
 
-def _class_docs(cls: type) -> Iterator[str | None]:
-    yield _own_doc(cls)
+def _class_docs(cls: type) -> Iterator[tuple[str, str | None]]:
+    yield "class", _own_doc(cls)
     members = vars(cls)
     for name in sorted(members):
         if name.startswith("_"):
@@ -89,11 +91,12 @@ def _class_docs(cls: type) -> Iterator[str | None]:
         if isinstance(member, (staticmethod, classmethod)):
             member = member.__func__
         if inspect.isroutine(member) or isinstance(member, property):
-            yield _own_doc(member)
+            yield "method", _own_doc(member)
 
 
-def _module_docs(module: Any) -> Iterator[str | None]:
-    yield _own_doc(module)
+def _module_docs(module: Any) -> Iterator[tuple[str, str | None]]:
+    """(kind, docstring) of a module and of the classes and routines it defines."""
+    yield "module", _own_doc(module)
     members = vars(module)
     for name in sorted(members):
         obj = members[name]
@@ -103,45 +106,54 @@ def _module_docs(module: Any) -> Iterator[str | None]:
         if inspect.isclass(obj):
             yield from _class_docs(obj)
         elif inspect.isroutine(obj):
-            yield _own_doc(obj)
+            yield "function", _own_doc(obj)
 
 
-def collect_documents() -> list[str]:
+def collect_records() -> list[dict[str, str]]:
     """Every pydoc topic, then every distinct long-enough stdlib docstring, in a fixed order.
 
-    The order depends only on the Python installation: modules, members and topics are visited
-    sorted by name, and duplicates keep their first occurrence.
+    Each record is {"text", "kind", "module"}: `kind` is one of KINDS ("topic" for a pydoc
+    topic, "method" for a class's routines and properties, "function" for a module's) and
+    `module` the top-level module the text was found in ("pydoc_data" for topics). The order
+    depends only on the Python installation: modules, members and topics are visited sorted by
+    name, and a text seen twice keeps its first occurrence (and that occurrence's kind).
     """
     import pydoc_data.topics
 
-    docs: list[str] = []
+    records: list[dict[str, str]] = []
     seen: set[str] = set()
 
-    def add(text: str | None) -> None:
+    def add(text: str | None, kind: str, module: str) -> None:
         if text is None:
             return
         text = text.strip()
         if len(text) >= MIN_DOC_CHARS and text not in seen:
             seen.add(text)
-            docs.append(text)
+            records.append({"text": text, "kind": kind, "module": module})
 
     for topic in sorted(pydoc_data.topics.topics):
-        add(pydoc_data.topics.topics[topic])
+        add(pydoc_data.topics.topics[topic], "topic", "pydoc_data")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for module in _walk_modules(module_names()):
-            for doc in _module_docs(module):
-                add(doc)
-    return docs
+            top_level = module.__name__.split(".")[0]
+            for kind, doc in _module_docs(module):
+                add(doc, kind, top_level)
+    return records
+
+
+def collect_documents() -> list[str]:
+    """The texts of `collect_records()`, in the same order."""
+    return [r["text"] for r in collect_records()]
 
 
 def main(argv: list[str]) -> None:
-    """Writes collect_documents() as a JSON list to argv[1]."""
+    """Writes collect_records() as a JSON list to argv[1]."""
     if len(argv) != 2:
         raise SystemExit(f"usage: {argv[0]} OUT.json")
-    docs = collect_documents()
+    records = collect_records()
     with open(argv[1], "w", encoding="utf-8") as f:
-        json.dump(docs, f, ensure_ascii=False)
+        json.dump(records, f, ensure_ascii=False)
 
 
 if __name__ == "__main__":
