@@ -1,0 +1,297 @@
+"""Helpers shared by the Hugging Face converters: checkpoint and config I/O, weight rules, checks.
+
+A checkpoint becomes a flat `{hf_key: np.ndarray}` state dict (from a torch or numpy state dict, a
+`.safetensors` file, or a checkpoint directory) without needing torch. A model family describes
+its layout as a list of `WeightRule`s; `check_state_dict` names every missing, unexpected or
+mis-shaped tensor, and `rules_to_params` / `params_to_state_dict` apply the rules either way.
+`stack_layers` / `unstack_layers` convert between unrolled (`layers_i`) and scanned (`layers`)
+parameter layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+StateDict = dict[str, np.ndarray]
+ParamPath = tuple[str, ...]
+Source = Mapping[str, Any] | str | os.PathLike
+
+# A whole wrong checkpoint would otherwise produce an error message hundreds of lines long.
+_MAX_LISTED = 12
+
+# safetensors.numpy cannot read BF16 (numpy has no bfloat16); ml_dtypes, a jax dependency, can.
+_SAFETENSORS_DTYPES = {
+    "BF16": ml_dtypes.bfloat16,
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightRule:
+    """One HF tensor <-> one of our parameters; `to_ours` and `to_hf` are exact inverses."""
+
+    hf_key: str
+    path: ParamPath
+    hf_shape: tuple[int, ...]
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def copy_rule(hf_key: str, path: ParamPath, shape: Sequence[int]) -> WeightRule:
+    """Same layout on both sides (norm scales, embedding tables, relative-bias tables)."""
+    return WeightRule(hf_key, tuple(path), tuple(shape), _identity, _identity)
+
+
+def linear_rule(hf_key: str, path: ParamPath, in_dim: int, out_dim: int) -> WeightRule:
+    """A torch `nn.Linear` weight [out, in] <-> our kernel [in, out]."""
+    return WeightRule(hf_key, tuple(path), (out_dim, in_dim), np.transpose, np.transpose)
+
+
+def heads_in_rule(
+    hf_key: str, path: ParamPath, d_model: int, heads: int, head_dim: int
+) -> WeightRule:
+    """A Q/K/V projection: torch weight [heads * head_dim, d_model] (head-major rows) <-> our
+    kernel [d_model, heads, head_dim]."""
+    return WeightRule(
+        hf_key,
+        tuple(path),
+        (heads * head_dim, d_model),
+        lambda w: w.T.reshape(d_model, heads, head_dim),
+        lambda k: k.reshape(d_model, heads * head_dim).T,
+    )
+
+
+def heads_out_rule(
+    hf_key: str, path: ParamPath, heads: int, head_dim: int, d_model: int
+) -> WeightRule:
+    """An attention output projection: torch weight [d_model, heads * head_dim] <-> our kernel
+    [heads, head_dim, d_model]."""
+    return WeightRule(
+        hf_key,
+        tuple(path),
+        (d_model, heads * head_dim),
+        lambda w: w.T.reshape(heads, head_dim, d_model),
+        lambda k: k.reshape(heads * head_dim, d_model).T,
+    )
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (any device; floating dtypes upcast to float32, which is lossless for
+    bf16/f16) or an array-like, as a numpy array."""
+    if hasattr(value, "detach"):  # torch.Tensor, recognised without importing torch
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()  # numpy has no bfloat16
+        return value.numpy()
+    return np.asarray(value)
+
+
+def read_safetensors(path: str | os.PathLike) -> StateDict:
+    """All tensors of a `.safetensors` file as numpy arrays (bfloat16 via ml_dtypes)."""
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except TypeError:  # "data type 'bfloat16' not understood"
+        return _read_safetensors_raw(path)
+
+
+def _read_safetensors_raw(path: str | os.PathLike) -> StateDict:
+    # The format: 8-byte little-endian header size, a JSON header, then the raw tensor bytes.
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
+    state = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}.")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        start, end = info["data_offsets"]
+        state[key] = data[start:end].view(dtype).reshape(info["shape"])
+    return state
+
+
+def save_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Writes a state dict as `.safetensors`, tagged so transformers loads it as a torch file."""
+    from safetensors.numpy import save_file
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def load_state_dict(source: Source) -> StateDict:
+    """A flat `{hf_key: np.ndarray}` from any of: a torch or numpy state dict, a `.safetensors`
+    file, or an HF checkpoint directory (`model.safetensors` or a sharded
+    `model.safetensors.index.json`). Files are read without torch."""
+    if isinstance(source, Mapping):
+        return {str(k): to_numpy(v) for k, v in source.items()}
+    path = pathlib.Path(source)
+    if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: StateDict = {}
+            for shard in shards:
+                state.update(read_safetensors(path / shard))
+            return state
+        if (path / "model.safetensors").exists():
+            return read_safetensors(path / "model.safetensors")
+        raise FileNotFoundError(
+            f"{path} holds neither model.safetensors nor model.safetensors.index.json. For a "
+            "pytorch_model.bin checkpoint, pass torch.load(path, weights_only=True) instead."
+        )
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise FileNotFoundError(f"No such checkpoint file: {path}")
+        return read_safetensors(path)
+    raise ValueError(
+        f"Cannot read weights from {source!r}: expected a state dict, a .safetensors file or an HF "
+        "checkpoint directory."
+    )
+
+
+def read_hf_config(source: Any) -> dict[str, Any]:
+    """An HF config as a dict, from a transformers config object, a dict, a `config.json` path
+    or a checkpoint directory."""
+    if hasattr(source, "to_dict"):
+        return source.to_dict()
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = pathlib.Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    return json.loads(path.read_text())
+
+
+def _raise_mismatch(
+    what: str,
+    missing: Mapping[str, tuple[int, ...]],
+    unexpected: Mapping[str, tuple[int, ...]],
+    wrong: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+) -> None:
+    lines = [f"missing {k!r} (expected shape {shape})" for k, shape in missing.items()]
+    lines += [f"unexpected {k!r} (shape {shape})" for k, shape in unexpected.items()]
+    lines += [f"{k!r}: expected shape {exp}, got {got}" for k, (exp, got) in wrong.items()]
+    if not lines:
+        return
+    shown = lines[:_MAX_LISTED]
+    if len(lines) > len(shown):
+        shown.append(f"... and {len(lines) - len(shown)} more")
+    raise ValueError(
+        f"{what}: {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong "
+        "shape:\n  " + "\n  ".join(shown)
+    )
+
+
+def check_state_dict(
+    state: Mapping[str, np.ndarray],
+    rules: Sequence[WeightRule],
+    ignored: Iterable[str] = (),
+    what: str = "HF state dict does not match the config",
+) -> None:
+    """Raises a ValueError naming every missing, unexpected (not in `ignored`) or mis-shaped
+    tensor of `state` with respect to `rules`."""
+    expected = {r.hf_key: r.hf_shape for r in rules}
+    ignored = set(ignored)
+    _raise_mismatch(
+        what,
+        {k: s for k, s in expected.items() if k not in state},
+        {k: tuple(v.shape) for k, v in state.items() if k not in expected and k not in ignored},
+        {
+            k: (s, tuple(state[k].shape))
+            for k, s in expected.items()
+            if k in state and tuple(state[k].shape) != s
+        },
+    )
+
+
+def flatten_params(params: Any) -> dict[ParamPath, Any]:
+    """`{path: leaf}` of a (possibly logically boxed, possibly Frozen) parameter tree."""
+    return traverse_util.flatten_dict(nn.meta.unbox(params))
+
+
+def check_param_shapes(
+    params: Any, expected: Mapping[ParamPath, tuple[int, ...]], what: str
+) -> None:
+    """Raises a ValueError naming every missing, unexpected or mis-shaped parameter."""
+    flat = {path: tuple(np.shape(x)) for path, x in flatten_params(params).items()}
+    name = "/".join
+    _raise_mismatch(
+        what,
+        {name(p): s for p, s in expected.items() if p not in flat},
+        {name(p): s for p, s in flat.items() if p not in expected},
+        {name(p): (s, flat[p]) for p, s in expected.items() if p in flat and flat[p] != s},
+    )
+
+
+def param_shapes(module: nn.Module, *init_args: Any) -> dict[ParamPath, tuple[int, ...]]:
+    """The shape of each of `module`'s params, traced abstractly (nothing is allocated)."""
+    variables = jax.eval_shape(module.init, jax.random.key(0), *init_args)
+    return {p: tuple(x.shape) for p, x in flatten_params(variables["params"]).items()}
+
+
+def int_inputs(*shapes: tuple[int, ...]) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """Abstract int32 token inputs for `param_shapes`."""
+    return tuple(jax.ShapeDtypeStruct(s, jnp.int32) for s in shapes)
+
+
+def rules_to_params(state: Mapping[str, np.ndarray], rules: Sequence[WeightRule]) -> dict:
+    """Our nested (unrolled) parameter tree of float32 numpy arrays from a checked state dict."""
+    flat = {
+        r.path: np.ascontiguousarray(r.to_ours(np.asarray(state[r.hf_key], np.float32)))
+        for r in rules
+    }
+    return traverse_util.unflatten_dict(flat)
+
+
+def params_to_state_dict(params: Any, rules: Sequence[WeightRule]) -> StateDict:
+    """The HF state dict (float32 numpy, in rule order) of a checked, unrolled parameter tree."""
+    flat = flatten_params(jax.device_get(params))
+    # np.array copies: aliases (tied tensors) and the caller's params must not share memory with
+    # the result.
+    return {r.hf_key: np.array(r.to_hf(flat[r.path]), np.float32, order="C") for r in rules}
+
+
+def stack_layers(stack: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """A stack's `layers_0..N-1` subtrees -> one `layers` subtree with a leading layer axis
+    (the layout `nn.scan` gives the params of a scanned stack)."""
+    stack = dict(stack)
+    layers = [stack.pop(f"layers_{i}") for i in range(num_layers)]
+    stack["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
+    return stack
+
+
+def unstack_layers(stack: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """Inverse of `stack_layers`."""
+    stack = dict(stack)
+    scanned = stack.pop("layers")
+    for i in range(num_layers):
+        stack[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], scanned)
+    return stack

@@ -1,0 +1,344 @@
+"""Hugging Face T5 (v1.0, v1.1, mT5) <-> our `EncoderDecoderTransformer`: weights and configs.
+
+Both T5 versions are configurations of our shared layers: relative position buckets, RMSNorm
+pre-norm, no biases, unscaled attention logits, one token embedding shared by encoder and decoder.
+v1.1 (and mT5) add a gated-GELU MLP (`activation="geglu"`; HF's "gated-gelu" is the tanh GELU,
+as is `jax.nn.gelu`) and an untied LM head (`tie_embeddings=False`); v1.0 has a ReLU MLP and
+computes logits against the embedding scaled by d_model**-0.5 (`tie_embeddings=True`, HF's
+`scale_decoder_outputs`).
+
+    config = config_from_hf("path/to/hf_checkpoint", scan_layers=True)
+    params = import_t5("path/to/hf_checkpoint", config)
+    state_dict = export_t5(params, config)  # T5ForConditionalGeneration.load_state_dict(...)
+    save_hf_checkpoint(params, config, "out_dir")  # T5ForConditionalGeneration.from_pretrained
+
+Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from t5x_like.interop.common import (
+    Source,
+    StateDict,
+    WeightRule,
+    check_param_shapes,
+    check_state_dict,
+    copy_rule,
+    heads_in_rule,
+    heads_out_rule,
+    int_inputs,
+    linear_rule,
+    load_state_dict,
+    param_shapes,
+    params_to_state_dict,
+    read_hf_config,
+    rules_to_params,
+    save_safetensors,
+    stack_layers,
+    unstack_layers,
+)
+from t5x_like.layers.config import TransformerConfig
+from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
+
+# HF feed_forward_proj -> our activation: the MLPs that match exactly. HF's plain "gelu" is the
+# erf GELU while ours is the tanh approximation, so it is deliberately absent.
+_ACTIVATIONS = {"relu": "relu", "gated-gelu": "geglu"}
+_FEED_FORWARD_PROJ = {ours: hf for hf, ours in _ACTIVATIONS.items()}
+_MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with a bigger vocabulary.
+_REQUIRED_CONFIG_KEYS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
+
+_SHARED = "shared.weight"
+_LM_HEAD = "lm_head.weight"
+# HF holds the one shared embedding under three names; checkpoints carry any subset of them.
+_EMBEDDING_ALIASES = (_SHARED, "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+# Old checkpoints carry a relative-bias table in the first cross-attention that T5 never uses
+# (HF ignores it on load too).
+_IGNORED_KEYS = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+def _scales_decoder_outputs(hf: dict[str, Any]) -> bool:
+    # transformers >= 5 always ties lm_head to `shared` in the module and records the v1.0/v1.1
+    # difference as `scale_decoder_outputs`; older configs (and the Hub's) say it with
+    # tie_word_embeddings, whose default is True.
+    if "scale_decoder_outputs" in hf:
+        return bool(hf["scale_decoder_outputs"])
+    return bool(hf.get("tie_word_embeddings", True))
+
+
+def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
+    """Our config for an HF T5 config (a `transformers.T5Config`, its dict, a `config.json` path
+    or a checkpoint directory). `overrides` set other fields, e.g. `scan_layers=True`.
+
+    Raises ValueError for settings our model cannot reproduce exactly.
+    """
+    hf = read_hf_config(hf_config)
+    model_type = hf.get("model_type", "t5")
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is not a T5 config; expected {_MODEL_TYPES}.")
+    if not hf.get("is_encoder_decoder", True):
+        raise ValueError(
+            "Only encoder-decoder T5 configs are supported (is_encoder_decoder=False)."
+        )
+    missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in hf]
+    if missing:
+        raise ValueError(f"HF T5 config lacks required keys {missing}.")
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj not in _ACTIVATIONS:
+        raise ValueError(
+            f"feed_forward_proj={proj!r} is not supported: only 'relu' (T5 v1.0) and 'gated-gelu' "
+            "(T5 v1.1, mT5) map exactly onto our MLP; other gated variants are not mapped, and "
+            "HF's plain 'gelu' is the erf GELU whereas ours is the tanh approximation."
+        )
+    num_layers = hf["num_layers"]
+    num_decoder_layers = hf.get("num_decoder_layers") or num_layers
+    values = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["d_model"],
+        num_layers=num_layers,
+        num_decoder_layers=None if num_decoder_layers == num_layers else num_decoder_layers,
+        num_heads=hf["num_heads"],
+        num_kv_heads=None,
+        head_dim=hf["d_kv"],
+        mlp_dim=hf["d_ff"],
+        activation=_ACTIVATIONS[proj],
+        norm="rmsnorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        norm_position="pre",
+        position="relative",
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        scale_attention_logits=False,
+        tie_embeddings=_scales_decoder_outputs(hf),
+        use_bias=False,
+        dropout_rate=hf.get("dropout_rate", 0.1),
+    )
+    values.update(overrides)
+    return TransformerConfig(**values)
+
+
+def _check_t5_layout(config: TransformerConfig) -> None:
+    """Raises ValueError unless `config` is an architecture HF's T5 can express."""
+    problems = []
+    expected = {
+        "position": "relative",
+        "norm": "rmsnorm",
+        "norm_position": "pre",
+        "use_bias": False,
+        "scale_attention_logits": False,
+    }
+    for field, want in expected.items():
+        if getattr(config, field) != want:
+            problems.append(f"{field}={getattr(config, field)!r} (T5: {want!r})")
+    if config.activation not in _FEED_FORWARD_PROJ:
+        problems.append(f"activation={config.activation!r} (T5: one of {list(_FEED_FORWARD_PROJ)})")
+    if config.kv_heads != config.num_heads:
+        problems.append(f"num_kv_heads={config.num_kv_heads} (T5 has full multi-head attention)")
+    if problems:
+        raise ValueError("TransformerConfig is not a T5 layout: " + "; ".join(problems) + ".")
+
+
+def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
+    """The HF `config.json` contents of a T5-layout `config` (no transformers import needed)."""
+    _check_t5_layout(config)
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "is_encoder_decoder": True,
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "d_kv": config.qkv_dim,
+        "d_ff": config.mlp_dim,
+        "num_layers": config.num_layers,
+        "num_decoder_layers": config.decoder_layers,
+        "num_heads": config.num_heads,
+        "relative_attention_num_buckets": config.relative_attention_num_buckets,
+        "relative_attention_max_distance": config.relative_attention_max_distance,
+        "dropout_rate": config.dropout_rate,
+        "layer_norm_epsilon": config.norm_eps,
+        "feed_forward_proj": _FEED_FORWARD_PROJ[config.activation],
+        # Read as "untied LM head" by transformers < 5 and as "scale_decoder_outputs" by >= 5.
+        "tie_word_embeddings": config.tie_embeddings,
+        # T5's (and t5x_like.data.vocab's) ids; the decoder starts from the pad token.
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
+def hf_config_from(config: TransformerConfig) -> Any:
+    """A `transformers.T5Config` for a T5-layout `config` (needs the `[hf]` extra)."""
+    from transformers import T5Config
+
+    return T5Config(**hf_config_dict(config))
+
+
+def _weight_rules(config: TransformerConfig, with_aliases: bool = False) -> list[WeightRule]:
+    """Every HF tensor of the model, in T5ForConditionalGeneration.state_dict() order.
+
+    `with_aliases` adds the names under which HF repeats the shared embedding (what a strict
+    `load_state_dict` requires); import reads the embedding once, under `shared.weight`.
+    """
+    e, v = config.d_model, config.vocab_size
+    embedding = ("token_embed", "embedding")
+    rules = [copy_rule(_SHARED, embedding, (v, e))]
+    for stack, num_layers in (("encoder", config.num_layers), ("decoder", config.decoder_layers)):
+        if with_aliases:
+            rules.append(copy_rule(f"{stack}.embed_tokens.weight", embedding, (v, e)))
+        for i in range(num_layers):
+            rules += _layer_rules(config, stack, i)
+        rules.append(
+            copy_rule(f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), (e,))
+        )
+    if not config.tie_embeddings:
+        rules.append(linear_rule(_LM_HEAD, ("logits", "kernel"), e, v))
+    elif with_aliases:
+        rules.append(copy_rule(_LM_HEAD, embedding, (v, e)))
+    return rules
+
+
+def _layer_rules(config: TransformerConfig, stack: str, i: int) -> list[WeightRule]:
+    e, h, d, f = config.d_model, config.num_heads, config.qkv_dim, config.mlp_dim
+    hf, ours = f"{stack}.block.{i}.layer", (stack, f"layers_{i}")
+
+    def attention(sublayer: int, hf_name: str, our_name: str) -> list[WeightRule]:
+        prefix, path = f"{hf}.{sublayer}.{hf_name}", (*ours, our_name)
+        rules = [
+            heads_in_rule(f"{prefix}.{p}.weight", (*path, name, "kernel"), e, h, d)
+            for p, name in (("q", "query"), ("k", "key"), ("v", "value"))
+        ]
+        return rules + [heads_out_rule(f"{prefix}.o.weight", (*path, "out", "kernel"), h, d, e)]
+
+    def norm(sublayer: int, name: str) -> WeightRule:
+        return copy_rule(f"{hf}.{sublayer}.layer_norm.weight", (*ours, name, "scale"), (e,))
+
+    rules = attention(0, "SelfAttention", "self_attention")
+    if i == 0:  # HF keeps the stack's one bias table in its first layer.
+        rules.append(
+            copy_rule(
+                f"{hf}.0.SelfAttention.relative_attention_bias.weight",
+                (stack, "relpos_bias", "rel_embedding"),
+                (config.relative_attention_num_buckets, h),
+            )
+        )
+    rules.append(norm(0, "pre_attention_norm"))
+    mlp_sublayer = 1
+    if stack == "decoder":
+        rules += attention(1, "EncDecAttention", "cross_attention")
+        rules.append(norm(1, "pre_cross_attention_norm"))
+        mlp_sublayer = 2
+    mlp = f"{hf}.{mlp_sublayer}.DenseReluDense"
+    for name in ("wi_0", "wi_1") if config.activation == "geglu" else ("wi",):
+        rules.append(linear_rule(f"{mlp}.{name}.weight", (*ours, "mlp", name, "kernel"), e, f))
+    rules.append(linear_rule(f"{mlp}.wo.weight", (*ours, "mlp", "wo", "kernel"), f, e))
+    rules.append(norm(mlp_sublayer, "pre_mlp_norm"))
+    return rules
+
+
+@functools.lru_cache(maxsize=16)
+def _model_param_shapes(config: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    return param_shapes(EncoderDecoderTransformer(config), *int_inputs((1, 1), (1, 1)))
+
+
+def _canonical_embeddings(state: StateDict, config: TransformerConfig) -> StateDict:
+    """`state` with the shared embedding under `shared.weight` only, and the LM head present
+    exactly when `config` has its own."""
+    state = dict(state)
+    present = [k for k in _EMBEDDING_ALIASES if k in state]
+    if present:
+        table = state.pop(present[0])
+        for key in present[1:]:
+            if state[key].shape != table.shape or not np.array_equal(state[key], table):
+                raise ValueError(
+                    f"{key!r} differs from {present[0]!r}; T5 (and our model) share one token "
+                    "embedding between encoder and decoder."
+                )
+            del state[key]
+        state[_SHARED] = table
+    if config.tie_embeddings:
+        head = state.pop(_LM_HEAD, None)
+        if head is not None and _SHARED in state and not np.array_equal(head, state[_SHARED]):
+            raise ValueError(
+                f"{_LM_HEAD!r} differs from the shared embedding, but config.tie_embeddings=True "
+                "computes logits from the embedding (T5 v1.0). An untied head is T5 v1.1's layout "
+                "(tie_embeddings=False, no d_model**-0.5 logit scaling)."
+            )
+    elif _LM_HEAD not in state and _SHARED in state:
+        # transformers >= 5 ties lm_head to `shared` unless a checkpoint holds a distinct one,
+        # and saves a tied pair once.
+        state[_LM_HEAD] = state[_SHARED]
+    return state
+
+
+def import_t5(source: Source, config: TransformerConfig) -> dict[str, Any]:
+    """Our parameter tree (nested dict of float32 numpy arrays) from an HF T5 checkpoint.
+
+    `source` is a torch or numpy state dict of `T5ForConditionalGeneration`, a `.safetensors`
+    file, or an HF checkpoint directory (read without torch). Layers are stacked on a leading
+    axis when `config.scan_layers`. Raises ValueError naming each missing, unexpected or
+    mis-shaped tensor (with its expected shape), or a shared embedding / LM head that our
+    model cannot represent.
+    """
+    _check_t5_layout(config)
+    state = _canonical_embeddings(load_state_dict(source), config)
+    rules = _weight_rules(config)
+    check_state_dict(state, rules, ignored=_IGNORED_KEYS)
+    params = rules_to_params(state, rules)
+    if config.scan_layers:
+        params["encoder"] = stack_layers(params["encoder"], config.num_layers)
+        params["decoder"] = stack_layers(params["decoder"], config.decoder_layers)
+    # Guards against our model's parameter names drifting away from these rules.
+    check_param_shapes(
+        params, _model_param_shapes(config), "Imported params do not match the model's"
+    )
+    return params
+
+
+def export_t5(params: Any, config: TransformerConfig) -> StateDict:
+    """The `T5ForConditionalGeneration` state dict (float32 numpy, all keys that a strict
+    `load_state_dict` requires, the shared embedding repeated under its HF aliases) of our
+    params (plain or logically boxed, numpy or fully addressable jax arrays; unrolled or scanned
+    as `config.scan_layers` says).
+
+    transformers >= 5 always ties `lm_head` to `shared` in a freshly built model; for an untied
+    (v1.1) config, untie it before `load_state_dict`, or use `save_hf_checkpoint` and
+    `from_pretrained`, which unties a checkpoint whose LM head differs.
+    """
+    _check_t5_layout(config)
+    params = jax.device_get(nn.meta.unbox(params))
+    check_param_shapes(params, _model_param_shapes(config), "params do not match the config")
+    params = dict(params)
+    if config.scan_layers:
+        params["encoder"] = unstack_layers(params["encoder"], config.num_layers)
+        params["decoder"] = unstack_layers(params["decoder"], config.decoder_layers)
+    return params_to_state_dict(params, _weight_rules(config, with_aliases=True))
+
+
+def save_hf_checkpoint(
+    params: Any, config: TransformerConfig, directory: str | os.PathLike
+) -> None:
+    """Writes `config.json` and `model.safetensors` that
+    `T5ForConditionalGeneration.from_pretrained(directory)` loads (torch is not needed to write).
+
+    Like transformers' own `save_pretrained`, each tied tensor is written once.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = export_t5(params, config)
+    tied = list(_EMBEDDING_ALIASES[1:])
+    if config.tie_embeddings:
+        tied.append(_LM_HEAD)
+    for key in tied:
+        del state[key]
+    save_safetensors(state, directory / "model.safetensors")
+    config_json = json.dumps(hf_config_dict(config), indent=2, sort_keys=True)
+    (directory / "config.json").write_text(config_json + "\n")
