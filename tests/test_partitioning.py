@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from testutil import synthetic_batch, tiny_config
+from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_t5_config
 
 from t5x_like import partitioning
 from t5x_like.config import ConfigError
@@ -24,8 +24,8 @@ def _run(cfg, devices, batches):
     return losses, state
 
 
-def _sgd_config(**mesh):
-    cfg = tiny_config()
+def _sgd_config(make_config=tiny_config, **mesh):
+    cfg = make_config()
     cfg.optimizer.update(name="sgd", schedule="constant", warmup_steps=0, learning_rate=0.5)
     cfg.optimizer.grad_clip_norm = 0.0
     cfg.mesh.update(**mesh)
@@ -43,6 +43,26 @@ def test_sharded_step_matches_single_device():
     flat_sharded = jax.tree.leaves(jax.device_get(sharded.params))
     for (path, a), b in zip(flat_single, flat_sharded, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_sharded_encoder_decoder_step_matches_single_device():
+    """T5 v1.1: 3 SGD steps on a (2, 2, 2) mesh vs one device, and its params' shardings."""
+    batches = [synthetic_encdec_batch(8, 16, 8, 128, seed=s) for s in range(3)]
+    single_cfg = _sgd_config(tiny_t5_config, data=1, fsdp=1, tensor=1)
+    single_losses, single = _run(single_cfg, jax.devices()[:1], batches)
+    sharded_cfg = _sgd_config(tiny_t5_config, data=2, fsdp=2, tensor=2)
+    sharded_losses, sharded = _run(sharded_cfg, jax.devices(), batches)
+    assert single_losses[0] > single_losses[-1]
+    np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
+    flat_single = jax.tree_util.tree_leaves_with_path(jax.device_get(single.params))
+    flat_sharded = jax.tree.leaves(jax.device_get(sharded.params))
+    for (path, a), b in zip(flat_single, flat_sharded, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    params = sharded.params
+    decoder = params["decoder"]["layers_0"]
+    assert params["logits"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert decoder["cross_attention"]["key"]["kernel"].sharding.spec == P("fsdp", "tensor", None)
+    assert params["encoder"]["relpos_bias"]["rel_embedding"].sharding.spec == P(None, "tensor")
 
 
 def test_params_and_adam_state_sharded_as_rules_say():

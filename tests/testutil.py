@@ -18,16 +18,7 @@ def load_config(name: str = "decoder_only"):
     return module.get_config()
 
 
-def tiny_config(**overrides):
-    """The default config shrunk to a model that trains in milliseconds on CPU.
-
-    Overrides are dotted paths, e.g. tiny_config(**{"model.num_layers": 1}).
-    """
-    cfg = load_config()
-    cfg.model.update(
-        vocab_size=128, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64
-    )
-    cfg.data.seq_len = 16
+def _shrink(cfg, overrides):
     cfg.train.update(batch_size=8, steps=10, log_every=1, eval_every=0, checkpoint_every=5)
     cfg.train.compilation_cache_dir = ""
     cfg.optimizer.warmup_steps = 2
@@ -38,6 +29,29 @@ def tiny_config(**overrides):
             target = target[part]
         target[field] = value
     return cfg
+
+
+def tiny_config(**overrides):
+    """The default config shrunk to a model that trains in milliseconds on CPU.
+
+    Overrides are dotted paths, e.g. tiny_config(**{"model.num_layers": 1}).
+    """
+    cfg = load_config()
+    cfg.model.update(
+        vocab_size=128, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64
+    )
+    cfg.data.seq_len = 16
+    return _shrink(cfg, overrides)
+
+
+def tiny_t5_config(**overrides):
+    """configs/t5.py (T5 v1.1) shrunk like `tiny_config`: 16 encoder / 8 decoder tokens."""
+    cfg = load_config("t5")
+    cfg.model.update(
+        vocab_size=128, d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64
+    )
+    cfg.data.update(task="seq2seq", inputs_len=16, targets_len=8)
+    return _shrink(cfg, overrides)
 
 
 def synthetic_batch(
@@ -64,4 +78,23 @@ def synthetic_batch(
         "segment_ids": segment_ids,
         "positions": positions,
         "weights": (segment_ids > 0).astype(np.float32),
+    }
+
+
+def synthetic_encdec_batch(
+    batch_size: int, inputs_len: int, targets_len: int, vocab_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A random packed encoder-decoder batch: 3 examples per row, segment k on both sides."""
+    enc = synthetic_batch(batch_size, inputs_len, vocab_size, seed=seed)
+    dec = synthetic_batch(batch_size, targets_len, vocab_size, seed=seed + 1)
+    assert (enc["segment_ids"].max(1) == dec["segment_ids"].max(1)).all()
+    return {
+        "encoder_inputs": enc["targets"],
+        "encoder_segment_ids": enc["segment_ids"],
+        "encoder_positions": enc["positions"],
+        "decoder_inputs": dec["inputs"],
+        "decoder_segment_ids": dec["segment_ids"],
+        "decoder_positions": dec["positions"],
+        "targets": dec["targets"],
+        "weights": dec["weights"],
     }
