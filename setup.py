@@ -23,8 +23,8 @@ EXTRAS_REQUIRE = {
     "test": ["pytest~=9.0", "pytest-xdist~=3.8", "ruff~=0.17.0"],
     # The tf.data path for datasets prepared as tfrecord.
     "tf": ["tensorflow~=2.21.0"],
-    # Hugging Face weight import/export.
-    "hf": ["torch==2.13.0", "transformers", "safetensors"],
+    # Hugging Face weight import/export (CPU torch is enough; the parity tests use it).
+    "hf": ["torch==2.13.0", "transformers~=5.24", "safetensors~=0.8.0"],
 }
 
 setuptools.setup(
