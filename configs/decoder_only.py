@@ -46,6 +46,8 @@ def get_config() -> config_dict.ConfigDict:
     c.data.seq_len = 128
     c.data.pack = True
     c.data.vocab_path = config_dict.placeholder(str)  # None: train one on the dataset, cached.
+    # Dataset whose train split trains the vocabulary (None: data.dataset).
+    c.data.vocab_dataset = config_dict.placeholder(str)
     c.data.vocab_size = 2048
     c.data.extra_ids = 0  # T5 sentinel ids appended to the vocabulary.
 

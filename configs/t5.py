@@ -94,6 +94,8 @@ def get_config(arg: str = "tiny") -> config_dict.ConfigDict:
     c.data.mean_noise_span_length = 3.0
     c.data.pack = True
     c.data.vocab_path = config_dict.placeholder(str)
+    # Dataset whose train split trains the vocabulary (None: data.dataset).
+    c.data.vocab_dataset = config_dict.placeholder(str)
     c.data.vocab_size = 2048
     c.data.extra_ids = 100  # Sentinels <extra_id_0..99>, as in T5's vocabulary.
 

@@ -2,7 +2,7 @@
 
 import jax
 import pytest
-from testutil import load_config, tiny_config
+from testutil import load_config, tiny_config, tiny_t5_config
 
 from t5x_like import config as config_lib
 from t5x_like.config import ConfigError
@@ -48,6 +48,67 @@ def test_bad_config_fails_fast_with_clear_message(overrides, message):
     with pytest.raises(ConfigError, match=message):
         experiment.assemble_experiment(cfg)
     assert compilation.compile_count() == compiles  # Nothing was compiled before the error.
+
+
+BAD_T5_CONFIGS = [
+    ({"data.task": "causal_lm", "data.seq_len": 16}, r"data.task='causal_lm' makes decoder-only"),
+    ({"model.family": "decoder_only"}, r"data.task='seq2seq' makes encoder-decoder rows"),
+    (
+        {"data.task": "span_corruption", "data.inputs_len": 64, "data.targets_len": 20,
+         "data.extra_ids": 2},
+        r"data.extra_ids=2 is too few for span corruption: .* Set data.extra_ids >= \d+",
+    ),
+    (
+        {"data.task": "span_corruption", "data.inputs_len": 64, "data.targets_len": 4},
+        r"data.targets_len=4 is too small for span corruption .* Set data.targets_len >= \d+",
+    ),
+    ({"data.task": "summarise"}, r"data.task='summarise' is not a task"),
+    ({"data.noise_density": 1.5, "data.task": "span_corruption"}, r"data.noise_density=1.5"),
+    ({"model.norm_position": "middle"}, r"model.norm_position='middle' is not supported"),
+    ({"model.relative_attention_num_buckets": 2}, r"relative_attention_num_buckets=2 must be"),
+    ({"model.num_decoder_layers": 0}, r"model.num_decoder_layers=0 must be a positive integer"),
+    ({"train.decode_batches": -1}, r"train.decode_batches=-1 must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_T5_CONFIGS, ids=lambda x: str(x)[:40])
+def test_bad_t5_config_fails_fast_with_clear_message(overrides, message):
+    cfg = tiny_t5_config(**overrides)
+    compiles = compilation.compile_count()
+    with pytest.raises(ConfigError, match=message):
+        experiment.assemble_experiment(cfg)
+    assert compilation.compile_count() == compiles
+
+
+def test_decode_metrics_need_the_encoder_decoder_family():
+    with pytest.raises(ConfigError, match=r"train.decode_batches > 0 .* needs model.family"):
+        experiment.assemble_experiment(tiny_config(**{"train.decode_batches": 2}))
+
+
+@pytest.mark.parametrize(
+    "name, arg, family",
+    [
+        ("t5", "base", "encoder_decoder"),
+        ("t5", "small,v1_0", "encoder_decoder"),
+        ("t5", "tiny,vanilla", "encoder_decoder"),
+        ("t5_finetune", "classify,base", "encoder_decoder"),
+    ],
+)
+def test_t5_presets_are_valid(name, arg, family):
+    cfg = load_config(name, arg)
+    assert cfg.model.family == family
+    config_lib.validate_config(cfg, device_count=8)
+
+
+def test_t5_presets_have_published_dimensions():
+    xxl = load_config("t5", "xxl").model
+    assert (xxl.d_model, xxl.num_heads, xxl.head_dim, xxl.mlp_dim, xxl.num_layers) == (
+        4096, 64, 64, 10240, 24
+    )
+    v1_0 = load_config("t5", "small,v1_0").model
+    assert (v1_0.activation, v1_0.tie_embeddings) == ("relu", True)
+    with pytest.raises(ValueError, match="Unknown T5 size 'huge'"):
+        load_config("t5", "huge")
 
 
 def test_default_config_is_valid_on_8_devices():

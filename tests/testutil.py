@@ -8,14 +8,14 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_config(name: str = "decoder_only"):
-    """Loads configs/<name>.py's get_config() the way config_flags does."""
+def load_config(name: str = "decoder_only", arg: str | None = None):
+    """Loads configs/<name>.py's get_config(arg) the way config_flags does."""
     spec = importlib.util.spec_from_file_location(
         f"configs_{name}", REPO / "configs" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def _shrink(cfg, overrides):

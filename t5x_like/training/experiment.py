@@ -67,10 +67,12 @@ def build_experiment(cfg: config_dict.ConfigDict) -> Experiment:
                 f"Dataset {data.dataset!r} has no split {split!r}; it has {sorted(splits)}. "
                 "Set data.train_split / data.eval_split."
             )
+    # Fine-tuning reuses the pretraining vocabulary: trained on data.vocab_dataset when set.
+    vocab_dataset = data.get("vocab_dataset") or data.dataset
     vocab = vocab_lib.load_or_train_vocab(
         data.vocab_path,
         data_dir=data.data_dir,
-        dataset_name=data.dataset,
+        dataset_name=vocab_dataset,
         split=data.train_split,
         vocab_size=data.vocab_size,
         extra_ids=data.get("extra_ids", 0),
