@@ -109,6 +109,16 @@ class SentencePieceVocab:
         """
         pieces: list[str] = []
         run: list[int] = []  # Consecutive SentencePiece ids, decoded together.
+        after_sentinel = False
+
+        def flush() -> None:
+            text = self._sp.decode(run)
+            # SentencePiece drops a run's leading word boundary; after a sentinel it is real
+            # text ("water<extra_id_0> was"), as T5's tokenizer renders it.
+            if after_sentinel and run and self._sp.id_to_piece(run[0]).startswith("\u2581"):
+                text = " " + text
+            pieces.append(text)
+
         for i in ids:
             i = int(i)
             if i == EOS_ID:
@@ -116,12 +126,13 @@ class SentencePieceVocab:
             if i == PAD_ID:
                 continue
             if self.sp_vocab_size <= i < self.vocab_size:
-                pieces.append(self._sp.decode(run))
+                flush()
                 pieces.append(f"<extra_id_{self.vocab_size - 1 - i}>")
                 run = []
+                after_sentinel = True
             else:
                 run.append(i if 0 <= i < self.sp_vocab_size else UNK_ID)
-        pieces.append(self._sp.decode(run))
+        flush()
         return "".join(pieces)
 
 

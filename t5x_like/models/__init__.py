@@ -18,18 +18,6 @@ from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
 FAMILIES = ("decoder_only", "encoder_decoder")
 _MODELS = {"decoder_only": DecoderOnlyTransformer, "encoder_decoder": EncoderDecoderTransformer}
 
-# Batch features each family reads (besides `targets` and `weights`, which the loss reads).
-DECODER_ONLY_KEYS = ("inputs", "segment_ids", "positions")
-ENCODER_DECODER_KEYS = (
-    "encoder_inputs",
-    "encoder_segment_ids",
-    "encoder_positions",
-    "decoder_inputs",
-    "decoder_segment_ids",
-    "decoder_positions",
-)
-
-
 def build_model(model_cfg: Any) -> nn.Module:
     """Builds the model module for the `model` section of an experiment config."""
     family = model_cfg.family

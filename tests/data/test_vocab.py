@@ -114,9 +114,13 @@ def test_decode_renders_sentinels(small_proto):
     v = vocab.SentencePieceVocab(small_proto, extra_ids=3)
     ids = [v.extra_id(2), *v.encode("the water"), v.extra_id(0), *v.encode("was long")]
     out = v.decode(ids)
-    assert out.startswith("<extra_id_2>the water<extra_id_0>")
-    assert out.endswith("was long")
+    # The word boundary after a sentinel is kept, as T5's tokenizer renders it.
+    assert out == "<extra_id_2> the water<extra_id_0> was long"
     assert v.decode([v.extra_id(1)]) == "<extra_id_1>"
+    # A sentinel inside a word (no boundary in the next piece) adds no space.
+    word = v.encode("understanding")
+    assert len(word) > 1
+    assert " " not in v.decode([*word[:-1], v.extra_id(0), word[-1]])
 
 
 def test_decode_maps_ids_outside_the_vocab_to_unk(small_proto):
