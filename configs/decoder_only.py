@@ -29,6 +29,7 @@ def get_config() -> config_dict.ConfigDict:
     c.model.max_len = 2048
     c.model.rope_theta = 10_000.0
     c.model.tie_embeddings = True
+    c.model.scale_tied_logits = True  # Tied head: logits * d_model**-0.5 (GPT-2: False).
     c.model.use_bias = False
     c.model.dropout_rate = 0.0
     c.model.dtype = "float32"

@@ -57,6 +57,7 @@ def model_config(size: str = "tiny", variant: str = "v1_1") -> config_dict.Confi
     m.max_len = 2048  # Only used by learned positions.
     m.rope_theta = 10_000.0
     m.tie_embeddings = False
+    m.scale_tied_logits = True  # Tied head: logits * d_model**-0.5 (GPT-2: False).
     m.use_bias = False
     m.dropout_rate = 0.0  # T5 v1.1 pretrains without dropout; fine-tuning uses 0.1.
     m.dtype = "float32"

@@ -51,6 +51,8 @@ class TransformerConfig:
     # query projection's initialisation instead.
     scale_attention_logits: bool = True
     tie_embeddings: bool = True
+    # Tied LM head: multiply logits by d_model**-0.5 (T5 v1.0, our default); GPT-2 does not.
+    scale_tied_logits: bool = True
     use_bias: bool = False
     dropout_rate: float = 0.0
     dtype: str = "float32"  # Compute dtype.

@@ -29,9 +29,13 @@ class Embed(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Logits against the embedding table, scaled by 1/sqrt(d_model) to keep them O(1)."""
-        table = jnp.asarray(self.embedding, self.config.compute_dtype)
-        logits = jnp.einsum("bld,vd->blv", x, table) * float(self.config.d_model**-0.5)
+        """Logits against the embedding table, scaled by 1/sqrt(d_model) to keep them O(1)
+        unless `scale_tied_logits` is off (GPT-2)."""
+        cfg = self.config
+        table = jnp.asarray(self.embedding, cfg.compute_dtype)
+        logits = jnp.einsum("bld,vd->blv", x, table)
+        if cfg.scale_tied_logits:
+            logits = logits * float(cfg.d_model**-0.5)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
