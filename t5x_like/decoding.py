@@ -1,56 +1,339 @@
-"""Autoregressive decoding. For now: greedy decoding of the encoder-decoder model.
+"""Autoregressive decoding with a KV cache: greedy, sampling and beam search, both families.
 
-The encoder runs once; each step reruns the decoder over the fixed-length buffer of tokens
-decoded so far (no KV cache yet: O(max_len^2) decoder work, fine for the short targets of
-fine-tuning evaluation). Sequences stop at EOS: every later position holds the pad id 0.
+    prompts = left_pad([[12, 7, 9], [4]])                     # decoder-only prompts
+    out = generate(model, params, prompts, DecodeConfig(strategy="sample", top_p=0.9), eos_id=1)
+    out.tokens  # [batch, max_new_tokens]: EOS included, pad (0) after it
+
+Decoder-only prompts are **left-padded** (`left_pad`): every row's last prompt token sits in
+the last column, so all rows decode in lockstep at one cache index; positions count from 0 at
+each row's first real token, and padding is masked out of attention. Encoder-decoder models
+take `encoder_inputs` / `encoder_segment_ids` (any padding) and start the decoder from the pad
+id, T5's start token; the encoder runs once and its projected keys/values are cached.
+
+The loop is a prefill over the prompt followed by one-token steps, each attending over the
+cache (`layers.attention`), until every row has emitted EOS or `max_new_tokens` are out.
+Sampling draws from `fold_in(PRNGKey(seed), step)`, so a seed reproduces its samples. Beam
+search ranks beams by their summed log-probability and picks each row's best finished beam by
+that sum divided by the GNMT length penalty ((5 + length) / 6) ** length_penalty.
+Everything is pure and jittable (the config is a static, hashable dataclass).
 """
 
-from typing import Any
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PAD_ID = 0  # Also T5's decoder start token.
+STRATEGIES = ("greedy", "sample", "beam")
 
 
-def greedy_decode_encoder_decoder(
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How to decode.
+
+    Attributes:
+      strategy: "greedy", "sample" (temperature, then top-k, then top-p) or "beam".
+      max_new_tokens: tokens generated per row at most (EOS included).
+      temperature: sampling temperature (> 0).
+      top_k: sample among the k most likely tokens only (0: all).
+      top_p: sample from the smallest set of tokens whose probability reaches p (1.0: all).
+      num_beams: beams per row for beam search.
+      length_penalty: GNMT alpha for beam search (0: rank finished beams by raw log-prob).
+      seed: sampling seed.
+    """
+
+    strategy: str = "greedy"
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 4
+    length_penalty: float = 0.6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (use greedy for 0).")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables it).")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams={self.num_beams} must be >= 1.")
+        if self.length_penalty < 0:
+            raise ValueError(f"length_penalty={self.length_penalty} must be >= 0.")
+
+
+class DecodeOutput(NamedTuple):
+    """What `generate` returns."""
+
+    tokens: jax.Array  # [B, max_new_tokens] int32: EOS included, PAD_ID after it.
+    scores: jax.Array  # [B] float32: summed log-probs (beam: divided by the length penalty).
+    lengths: jax.Array  # [B] int32: generated tokens, EOS included.
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None) -> dict[str, np.ndarray]:
+    """Decoder-only prompts as a left-padded batch: {"tokens", "segment_ids"} [B, length]."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("Every prompt needs at least one token.")
+    longest = max(len(p) for p in prompts)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"A prompt of {longest} tokens does not fit length={length}.")
+    tokens = np.zeros((len(prompts), length), np.int32)
+    segment_ids = np.zeros((len(prompts), length), np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens[row, length - len(prompt) :] = prompt
+        segment_ids[row, length - len(prompt) :] = 1
+    return {"tokens": tokens, "segment_ids": segment_ids}
+
+
+def _is_encoder_decoder(model: nn.Module) -> bool:
+    return hasattr(model, "encode")
+
+
+def _cache_batch_axis(path: tuple[Any, ...], scanned: bool) -> int | None:
+    """Axis of a cache leaf that indexes the batch (None for the scalar write indices)."""
+    names = [str(getattr(k, "key", k)) for k in path]
+    if names[-1] in ("index", "cache_index"):
+        return None
+    return 1 if scanned and "layers" in names else 0
+
+
+def _map_cache_batch(fn: Any, cache: Any, scanned: bool) -> Any:
+    def apply(path: tuple[Any, ...], leaf: jax.Array) -> jax.Array:
+        axis = _cache_batch_axis(path, scanned)
+        return leaf if axis is None else fn(leaf, axis)
+
+    return jax.tree_util.tree_map_with_path(apply, cache)
+
+
+class CachedDecoder:
+    """The model in decoding mode: cache creation and cached forward steps (what `generate`
+    loops over; also handy to score given continuations with the cache)."""
+
+    def __init__(self, model: nn.Module, params: Any, prompts: dict[str, jax.Array]):
+        self.model = model.clone(decoding=True)
+        self.params = params
+        self.scanned = model.config.scan_layers
+        self.encoder_decoder = _is_encoder_decoder(model)
+        if self.encoder_decoder:
+            self.encoder_segment_ids = prompts["encoder_segment_ids"]
+            self.encoded = model.apply(
+                {"params": params},
+                prompts["encoder_inputs"],
+                prompts["encoder_segment_ids"],
+                method="encode",
+            )
+
+    def _apply(self, variables: dict[str, Any], tokens, segment_ids, positions, encoded):
+        if self.encoder_decoder:
+            return self.model.apply(
+                variables,
+                encoded,
+                tokens,
+                self.encoder_segment_ids,
+                segment_ids,
+                positions,
+                method="decode",
+                mutable=["cache"],
+            )
+        return self.model.apply(
+            variables, tokens, segment_ids=segment_ids, positions=positions, mutable=["cache"]
+        )
+
+    def init_cache(self, batch_size: int, max_len: int) -> Any:
+        """An empty cache of `max_len` slots (encoder keys/values already projected)."""
+        dummy = jnp.zeros((batch_size, max_len), jnp.int32)
+        encoded = self.encoded if self.encoder_decoder else None
+        _, variables = self._apply({"params": self.params}, dummy, dummy + 1, dummy, encoded)
+        return variables["cache"]
+
+    def step(self, cache: Any, tokens, segment_ids, positions) -> tuple[jax.Array, Any]:
+        """Logits [B, T, V] of the new tokens, and the cache with them appended."""
+        logits, variables = self._apply(
+            {"params": self.params, "cache": cache}, tokens, segment_ids, positions, None
+        )
+        return logits.astype(jnp.float32), variables["cache"]
+
+    def tile(self, cache: Any, beams: int) -> Any:
+        """Each row's cache repeated for its beams (rows b*beams .. b*beams+beams-1)."""
+        if self.encoder_decoder:
+            self.encoder_segment_ids = jnp.repeat(self.encoder_segment_ids, beams, axis=0)
+        repeat = lambda x, axis: jnp.repeat(x, beams, axis=axis)  # noqa: E731
+        return _map_cache_batch(repeat, cache, self.scanned)
+
+    def reorder(self, cache: Any, rows: jax.Array) -> Any:
+        """The cache rows `rows` [B * beams] (beam search keeps the best continuations)."""
+        return _map_cache_batch(lambda x, axis: jnp.take(x, rows, axis=axis), cache, self.scanned)
+
+
+def _filter_logits(logits: jax.Array, config: DecodeConfig) -> jax.Array:
+    """Temperature, then top-k, then top-p (nucleus): logits outside the set become -inf."""
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = jax.lax.top_k(logits, min(config.top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if config.top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep a token if the tokens before it have not reached p yet (the first one always).
+        keep_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1)) < config.top_p
+        keep = jnp.zeros_like(keep_sorted).at[
+            jnp.arange(logits.shape[0])[:, None], order
+        ].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return logits
+
+
+def _prefill(
+    decoder: CachedDecoder, prompts: dict[str, jax.Array], config: DecodeConfig
+) -> tuple[Any, jax.Array, jax.Array]:
+    """(cache, last logits [B, V], next positions [B]) after the prompt."""
+    if decoder.encoder_decoder:
+        batch = prompts["encoder_inputs"].shape[0]
+        tokens = jnp.full((batch, 1), PAD_ID, jnp.int32)
+        segment_ids = jnp.ones_like(tokens)
+        positions = jnp.zeros_like(tokens)
+    else:
+        tokens = jnp.asarray(prompts["tokens"], jnp.int32)
+        segment_ids = jnp.asarray(prompts["segment_ids"], jnp.int32)
+        positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+    batch, prompt_len = tokens.shape
+    cache = decoder.init_cache(batch, prompt_len + config.max_new_tokens)
+    logits, cache = decoder.step(cache, tokens, segment_ids, positions)
+    return cache, logits[:, -1], positions[:, -1] + 1
+
+
+def _sample_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOutput:
+    batch, steps = logits.shape[0], config.max_new_tokens
+    rng = jax.random.PRNGKey(config.seed)
+
+    def body(carry):
+        i, cache, logits, tokens, done, scores, positions = carry
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        if config.strategy == "greedy":
+            token = jnp.argmax(logits, axis=-1)
+        else:
+            filtered = _filter_logits(logits, config)
+            token = jax.random.categorical(jax.random.fold_in(rng, i), filtered, axis=-1)
+        token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
+        picked = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+        scores = scores + jnp.where(done, 0.0, picked)
+        tokens = tokens.at[:, i].set(token)
+        done = done | (token == eos_id)
+        ones = jnp.ones((batch, 1), jnp.int32)
+        logits, cache = decoder.step(cache, token[:, None], ones, positions[:, None])
+        return i + 1, cache, logits[:, -1], tokens, done, scores, positions + 1
+
+    def cond(carry):
+        i, done = carry[0], carry[4]
+        return (i < steps) & ~jnp.all(done)
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        cache,
+        logits,
+        jnp.full((batch, steps), PAD_ID, jnp.int32),
+        jnp.zeros((batch,), bool),
+        jnp.zeros((batch,), jnp.float32),
+        positions,
+    )
+    _, _, _, tokens, _, scores, _ = jax.lax.while_loop(cond, body, init)
+    return DecodeOutput(tokens, scores, _lengths(tokens, eos_id))
+
+
+def _lengths(tokens: jax.Array, eos_id: int) -> jax.Array:
+    """Tokens up to and including the first EOS (all of them without one)."""
+    is_eos = tokens == eos_id
+    first = jnp.argmax(is_eos, axis=-1)
+    return jnp.where(is_eos.any(axis=-1), first + 1, tokens.shape[1]).astype(jnp.int32)
+
+
+def _length_penalty(lengths: jax.Array, alpha: float) -> jax.Array:
+    return ((5.0 + lengths.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def _beam_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOutput:
+    batch, vocab = logits.shape
+    beams, steps = config.num_beams, config.max_new_tokens
+    cache = decoder.tile(cache, beams)
+    logits = jnp.repeat(logits, beams, axis=0)
+    positions = jnp.repeat(positions, beams, axis=0)
+    # All beams start identical: only the first may expand, or the top-k would be k copies.
+    scores = jnp.tile(jnp.asarray([0.0] + [-jnp.inf] * (beams - 1)), (batch, 1))
+    # A finished beam continues with PAD at no cost, so it keeps its score and place.
+    finished_continuation = jnp.full((vocab,), -jnp.inf).at[PAD_ID].set(0.0)
+
+    def body(carry):
+        i, cache, logits, tokens, done, scores, positions = carry
+        log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(batch, beams, vocab)
+        log_probs = jnp.where(done[..., None], finished_continuation, log_probs)
+        candidates = (scores[..., None] + log_probs).reshape(batch, beams * vocab)
+        scores, flat = jax.lax.top_k(candidates, beams)
+        parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        tokens = jnp.take_along_axis(tokens, parent[..., None], axis=1).at[:, :, i].set(token)
+        done = jnp.take_along_axis(done, parent, axis=1) | (token == eos_id)
+        rows = (jnp.arange(batch)[:, None] * beams + parent).reshape(-1)
+        cache = decoder.reorder(cache, rows)
+        ones = jnp.ones((batch * beams, 1), jnp.int32)
+        logits, cache = decoder.step(cache, token.reshape(-1, 1), ones, positions[:, None])
+        return i + 1, cache, logits[:, -1], tokens, done, scores, positions + 1
+
+    def cond(carry):
+        i, done = carry[0], carry[4]
+        return (i < steps) & ~jnp.all(done)
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        cache,
+        logits,
+        jnp.full((batch, beams, steps), PAD_ID, jnp.int32),
+        jnp.zeros((batch, beams), bool),
+        scores,
+        positions,
+    )
+    _, _, _, tokens, _, scores, _ = jax.lax.while_loop(cond, body, init)
+    lengths = _lengths(tokens.reshape(batch * beams, steps), eos_id).reshape(batch, beams)
+    final = scores / _length_penalty(lengths, config.length_penalty)
+    best = jnp.argmax(final, axis=-1)
+    pick = lambda x: jnp.take_along_axis(x, best[:, None], axis=1)[:, 0]  # noqa: E731
+    best_tokens = jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0]
+    return DecodeOutput(best_tokens, pick(final), pick(lengths))
+
+
+def generate(
     model: nn.Module,
     params: Any,
-    encoder_inputs: jax.Array,
-    encoder_segment_ids: jax.Array,
+    prompts: dict[str, jax.Array],
+    config: DecodeConfig,
     *,
-    max_len: int,
-    eos_id: int,
-) -> jax.Array:
-    """Greedy output tokens [B, max_len] (EOS included, pads after it) for encoder rows.
+    eos_id: int | None,
+) -> DecodeOutput:
+    """Decodes `config.max_new_tokens` tokens after each prompt with the KV cache.
 
-    `encoder_segment_ids` is 1 on real tokens and 0 on padding (one example per row). Pure and
-    jittable: jit it with the params' shardings to decode on a mesh.
+    Args:
+      model: a DecoderOnlyTransformer or EncoderDecoderTransformer (training mode; its
+        decoding twin is derived here).
+      params: its params (unboxed), on any mesh.
+      prompts: decoder-only: {"tokens", "segment_ids"} [B, P], left-padded (`left_pad`);
+        encoder-decoder: {"encoder_inputs", "encoder_segment_ids"} [B, L].
+      config: the strategy and its settings.
+      eos_id: the token that ends a row (None: always decode max_new_tokens).
     """
-    encoded = model.apply(
-        {"params": params}, encoder_inputs, encoder_segment_ids, method="encode"
-    )
-    batch = encoder_inputs.shape[0]
-    # tokens[:, 0] is the start token and tokens[:, i + 1] output i; the decoder reads the first
-    # max_len slots, whose causal mask keeps output i from seeing slots after i.
-    tokens = jnp.zeros((batch, max_len + 1), jnp.int32)
-    decoder_segment_ids = jnp.ones((batch, max_len), jnp.int32)
-
-    def step(i: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        tokens, done = carry
-        logits = model.apply(
-            {"params": params},
-            encoded,
-            tokens[:, :max_len],
-            encoder_segment_ids,
-            decoder_segment_ids,
-            method="decode",
-        )
-        token = jnp.argmax(logits[:, i], axis=-1).astype(jnp.int32)
-        token = jnp.where(done, PAD_ID, token)
-        return tokens.at[:, i + 1].set(token), done | (token == eos_id)
-
-    done = jnp.zeros((batch,), bool)
-    tokens, _ = jax.lax.fori_loop(0, max_len, step, (tokens, done))
-    return tokens[:, 1:]
+    decoder = CachedDecoder(model, params, prompts)
+    cache, logits, positions = _prefill(decoder, prompts, config)
+    eos = -1 if eos_id is None else eos_id  # -1 is never sampled: rows run to the end.
+    loop = _beam_loop if config.strategy == "beam" else _sample_loop
+    return loop(decoder, cache, logits, positions, config, eos)

@@ -6,7 +6,6 @@ exact match and BLEU of the decoded outputs (see `metrics.py`), plus a few examp
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -21,16 +20,12 @@ def jit_decode(exp: Any, param_shardings: Any) -> Any:
 
     The results are replicated, so every process can read every row.
     """
-    decode = functools.partial(
-        decoding.greedy_decode_encoder_decoder,
-        exp.model,
-        max_len=exp.task.targets_len,
-        eos_id=exp.vocab.eos_id,
-    )
+    config = decoding.DecodeConfig(strategy="greedy", max_new_tokens=exp.task.targets_len)
 
     def decode_batch(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-        outputs = decode(params, batch["encoder_inputs"], batch["encoder_segment_ids"])
-        return outputs, batch["targets"], batch["encoder_inputs"]
+        prompts = {k: batch[k] for k in ("encoder_inputs", "encoder_segment_ids")}
+        outputs = decoding.generate(exp.model, params, prompts, config, eos_id=exp.vocab.eos_id)
+        return outputs.tokens, batch["targets"], batch["encoder_inputs"]
 
     rep = partitioning.replicated(exp.mesh)
     return jax.jit(

@@ -9,6 +9,7 @@ position bias) around it.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import apply_rope
@@ -43,11 +44,58 @@ def default_segments_and_positions(
     return segment_ids, positions
 
 
+class DecodeState(nn.Module):
+    """The decoding cache's bookkeeping: segment ids and positions of every cached token.
+
+    Called once per model call in decode mode with the new tokens' segment ids and positions
+    [B, T]. The first call (the one that creates the cache, with a dummy input as long as the
+    cache) only allocates; later calls append at the cache index and return the mask of the new
+    tokens over the whole cache [B, 1, T, L] (same non-padding segment, no later slot) and the
+    positions of all cached tokens [B, L] (for relative position biases).
+    """
+
+    @nn.compact
+    def __call__(
+        self, segment_ids: jax.Array, positions: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        initialized = self.has_variable("cache", "segment_ids")
+        cached_segments = self.variable(
+            "cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32
+        )
+        cached_positions = self.variable(
+            "cache", "positions", jnp.zeros, positions.shape, jnp.int32
+        )
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return make_attention_mask(segment_ids, segment_ids, causal=True), positions
+        start = index.value
+        cached_segments.value = lax.dynamic_update_slice(
+            cached_segments.value, segment_ids.astype(jnp.int32), (0, start)
+        )
+        cached_positions.value = lax.dynamic_update_slice(
+            cached_positions.value, positions.astype(jnp.int32), (0, start)
+        )
+        index.value = start + segment_ids.shape[1]
+        kv_segments = cached_segments.value
+        q_index = start + jnp.arange(segment_ids.shape[1])
+        kv_index = jnp.arange(kv_segments.shape[1])
+        mask = (segment_ids[:, :, None] == kv_segments[:, None, :]) & (kv_segments[:, None, :] > 0)
+        mask = mask & (kv_index[None, :] <= q_index[:, None])[None]
+        return mask[:, None, :, :], cached_positions.value
+
+
 class Attention(nn.Module):
-    """Projections, optional RoPE, dot-product attention and the output projection."""
+    """Projections, optional RoPE, dot-product attention and the output projection.
+
+    With `decode`, keys and values live in the "cache" collection: self-attention appends the
+    new tokens' keys/values at the cache index and attends over the whole cache; cross-attention
+    projects the encoder outputs once, when the cache is created, and reuses them afterwards.
+    """
 
     config: TransformerConfig
     use_rope: bool = False
+    decode: bool = False
+    is_cross: bool = False
 
     def _project(
         self, x: jax.Array, heads: int, head_axis: str, name: str, init_scale: float = 1.0
@@ -56,30 +104,63 @@ class Attention(nn.Module):
         features, axes = (heads, cfg.qkv_dim), ("embed", head_axis, "kv")
         return dense(cfg, features, axes, name, init_scale=init_scale)(x)
 
+    def _keys_values(
+        self, kv_input: jax.Array | None, kv_positions: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        if self.decode and self.is_cross and self.has_variable("cache", "cached_key"):
+            cache = self.variables["cache"]
+            return cache["cached_key"], cache["cached_value"]
+        k = self._project(kv_input, cfg.kv_heads, "kv_heads", "key")
+        v = self._project(kv_input, cfg.kv_heads, "kv_heads", "value")
+        if self.use_rope:
+            k = apply_rope(k, kv_positions, cfg.rope_theta)
+        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
+        if not self.decode:
+            return k, v
+        initialized = self.has_variable("cache", "cached_key")
+        # Cross-attention caches the projected encoder outputs themselves; self-attention starts
+        # empty (zeros that do not depend on k, so the cache-creating pass can be pruned).
+        init_k = (lambda: k) if self.is_cross else (lambda: jnp.zeros_like(k))
+        init_v = (lambda: v) if self.is_cross else (lambda: jnp.zeros_like(v))
+        cached_k = self.variable("cache", "cached_key", init_k)
+        cached_v = self.variable("cache", "cached_value", init_v)
+        if self.is_cross:
+            return k, v
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:
+            return k, v
+        start = (0, index.value, 0, 0)
+        cached_k.value = lax.dynamic_update_slice(cached_k.value, k, start)
+        cached_v.value = lax.dynamic_update_slice(cached_v.value, v, start)
+        index.value = index.value + k.shape[1]
+        axes = ("batch", "length", "kv_heads", "kv")
+        return (
+            nn.with_logical_constraint(cached_k.value, axes),
+            nn.with_logical_constraint(cached_v.value, axes),
+        )
+
     @nn.compact
     def __call__(
         self,
         x: jax.Array,
-        kv_input: jax.Array,
+        kv_input: jax.Array | None,
         mask: jax.Array,
         q_positions: jax.Array | None = None,
         kv_positions: jax.Array | None = None,
         bias: jax.Array | None = None,
     ) -> jax.Array:
-        """Attends from x [B, Tq, E] to kv_input [B, Tk, E]; `bias` [B|1, H, Tq, Tk] is added to
-        the logits before the softmax."""
+        """Attends from x [B, Tq, E] to kv_input [B, Tk, E] (or, decoding, to the cache);
+        `bias` [B|1, H, Tq, Tk] is added to the logits before the softmax."""
         cfg = self.config
         # Unscaled logits (T5): the 1/sqrt(head_dim) goes into the query init, as in T5X.
         query_scale = 1.0 if cfg.scale_attention_logits else 1.0 / cfg.qkv_dim
         q = self._project(x, cfg.num_heads, "heads", "query", init_scale=query_scale)
-        k = self._project(kv_input, cfg.kv_heads, "kv_heads", "key")
-        v = self._project(kv_input, cfg.kv_heads, "kv_heads", "value")
         if self.use_rope:
             q = apply_rope(q, q_positions, cfg.rope_theta)
-            k = apply_rope(k, kv_positions, cfg.rope_theta)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
-        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
+        k, v = self._keys_values(kv_input, kv_positions)
         scale = None if cfg.scale_attention_logits else 1.0
         if bias is not None:
             bias = bias.astype(q.dtype)

@@ -22,11 +22,13 @@ from t5x_like.layers.norms import make_norm
 class TransformerLayer(nn.Module):
     """Self-attention, optional cross-attention and MLP, each a residual branch with dropout.
 
-    Pre-norm: x + Branch(Norm(x)). Post-norm: Norm(x + Branch(x)).
+    Pre-norm: x + Branch(Norm(x)). Post-norm: Norm(x + Branch(x)). With `decode`, the
+    attention keys and values come from (and go to) the "cache" collection.
     """
 
     config: TransformerConfig
     cross_attention: bool = False
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -49,17 +51,17 @@ class TransformerLayer(nn.Module):
             x = x + dropout(h, deterministic=deterministic)
             return x if pre_norm else norm(x)
 
-        self_attention = Attention(cfg, use_rope=cfg.position == "rope", name="self_attention")
+        self_attention = Attention(
+            cfg, use_rope=cfg.position == "rope", decode=self.decode, name="self_attention"
+        )
         x = residual(
             x,
             lambda h: self_attention(h, h, mask, positions, positions, bias=attention_bias),
             "attention",
         )
         if self.cross_attention:
-            attention = Attention(cfg, name="cross_attention")
-            x = residual(
-                x, lambda h: attention(h, encoded, cross_mask), "cross_attention"
-            )
+            attention = Attention(cfg, decode=self.decode, is_cross=True, name="cross_attention")
+            x = residual(x, lambda h: attention(h, encoded, cross_mask), "cross_attention")
         mlp = Mlp(cfg, name="mlp")
         x = residual(x, lambda h: mlp(h, deterministic), "mlp")
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -79,12 +81,14 @@ class TransformerStack(nn.Module):
     """`num_layers` TransformerLayers followed by the final norm (pre-norm only).
 
     With relative positions the stack owns one RelativePositionBias that all its layers share
-    (as in T5): bidirectional unless `causal`.
+    (as in T5): bidirectional unless `causal`. `decode` makes the layers' attention read and
+    write the KV cache (see `Attention`).
     """
 
     config: TransformerConfig
     cross_attention: bool = False
     causal: bool = True
+    decode: bool = False
 
     @nn.compact
     def __call__(
@@ -95,10 +99,14 @@ class TransformerStack(nn.Module):
         deterministic: bool,
         encoded: jax.Array | None = None,
         cross_mask: jax.Array | None = None,
+        kv_positions: jax.Array | None = None,
     ) -> jax.Array:
+        """`kv_positions`: positions of the keys when they differ from the queries' (the cached
+        tokens while decoding); only relative position biases need them."""
         cfg = self.config
         layer_cls = TransformerLayer
-        if cfg.remat != "none":
+        # Decoding computes no gradients: nothing to rematerialise.
+        if cfg.remat != "none" and not self.decode:
             layer_cls = nn.remat(
                 layer_cls,
                 policy=_REMAT_POLICIES[cfg.remat],
@@ -109,22 +117,23 @@ class TransformerStack(nn.Module):
         bias = None
         if cfg.position == "relative":
             bias = RelativePositionBias(cfg, bidirectional=not self.causal, name="relpos_bias")(
-                positions, positions
+                positions, positions if kv_positions is None else kv_positions
             )
         args = (mask, positions, deterministic, encoded, cross_mask, bias)
         if cfg.scan_layers:
             scanned = nn.scan(
                 layer_cls,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast,) * len(args),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(cfg, self.cross_attention, name="layers")(x, *args)
+            x, _ = scanned(cfg, self.cross_attention, self.decode, name="layers")(x, *args)
         else:
             for i in range(cfg.num_layers):
-                x = layer_cls(cfg, self.cross_attention, name=f"layers_{i}")(x, *args)
+                layer = layer_cls(cfg, self.cross_attention, self.decode, name=f"layers_{i}")
+                x = layer(x, *args)
         if cfg.norm_position == "post":  # Each layer already ends in a norm.
             return x
         return make_norm(cfg, "final_norm")(x)

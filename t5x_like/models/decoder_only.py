@@ -3,7 +3,11 @@
 import flax.linen as nn
 import jax
 
-from t5x_like.layers.attention import default_segments_and_positions, make_attention_mask
+from t5x_like.layers.attention import (
+    DecodeState,
+    default_segments_and_positions,
+    make_attention_mask,
+)
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import Embed, LearnedPositions, add_absolute_positions
 from t5x_like.layers.linear import dense
@@ -15,9 +19,13 @@ class DecoderOnlyTransformer(nn.Module):
 
     Packed rows carry `segment_ids` (1..k per document, 0 for padding) and `positions` (restarting
     at 0 for each document); tokens attend only within their own document.
+
+    With `decoding`, each call appends its tokens to the KV cache (the "cache" collection, made by
+    `decoding.init_cache`) and attends over everything cached so far.
     """
 
     config: TransformerConfig
+    decoding: bool = False
 
     @nn.compact
     def __call__(
@@ -38,8 +46,13 @@ class DecoderOnlyTransformer(nn.Module):
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-        mask = make_attention_mask(segment_ids, segment_ids, causal=True)
-        x = TransformerStack(cfg, name="decoder")(x, mask, positions, deterministic)
+        kv_positions = None
+        if self.decoding:
+            mask, kv_positions = DecodeState(name="decode_state")(segment_ids, positions)
+        else:
+            mask = make_attention_mask(segment_ids, segment_ids, causal=True)
+        stack = TransformerStack(cfg, decode=self.decoding, name="decoder")
+        x = stack(x, mask, positions, deterministic, kv_positions=kv_positions)
 
         if cfg.tie_embeddings:
             return embed.attend(x)

@@ -13,7 +13,11 @@ import dataclasses
 import flax.linen as nn
 import jax
 
-from t5x_like.layers.attention import default_segments_and_positions, make_attention_mask
+from t5x_like.layers.attention import (
+    DecodeState,
+    default_segments_and_positions,
+    make_attention_mask,
+)
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import Embed, LearnedPositions, add_absolute_positions
 from t5x_like.layers.linear import dense
@@ -26,9 +30,13 @@ class EncoderDecoderTransformer(nn.Module):
     Packed rows carry segment ids (1..k per example, 0 for padding) and positions (restarting at
     0 per example) for each side; segment k of the decoder row attends to segment k of the
     encoder row only.
+
+    With `decoding`, `decode()` appends its tokens to the decoder's KV cache (the "cache"
+    collection, made by `decoding.init_cache` together with the projected encoder outputs).
     """
 
     config: TransformerConfig
+    decoding: bool = False
 
     def setup(self):
         cfg = self.config
@@ -39,7 +47,11 @@ class EncoderDecoderTransformer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         self.encoder = TransformerStack(cfg, causal=False)
         decoder_cfg = dataclasses.replace(cfg, num_layers=cfg.decoder_layers)
-        self.decoder = TransformerStack(decoder_cfg, cross_attention=True, causal=True)
+        self.decoder = TransformerStack(
+            decoder_cfg, cross_attention=True, causal=True, decode=self.decoding
+        )
+        if self.decoding:
+            self.decode_state = DecodeState()
         if not cfg.tie_embeddings:
             self.logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False)
 
@@ -85,9 +97,15 @@ class EncoderDecoderTransformer(nn.Module):
         )
         learned = getattr(self, "decoder_position_embed", None)
         x = self._embed(decoder_tokens, positions, learned, deterministic)
-        mask = make_attention_mask(segment_ids, segment_ids, causal=True)
+        kv_positions = None
+        if self.decoding:
+            mask, kv_positions = self.decode_state(segment_ids, positions)
+        else:
+            mask = make_attention_mask(segment_ids, segment_ids, causal=True)
         cross_mask = make_attention_mask(segment_ids, encoder_segment_ids, causal=False)
-        x = self.decoder(x, mask, positions, deterministic, encoded, cross_mask)
+        x = self.decoder(
+            x, mask, positions, deterministic, encoded, cross_mask, kv_positions=kv_positions
+        )
         x = self.dropout(x, deterministic=deterministic)
         if cfg.tie_embeddings:
             return self.token_embed.attend(x)

@@ -1,12 +1,11 @@
 """Encoder-decoder (T5) model: relative position buckets, packing isolation, causality,
-padding, architecture variants, and greedy decoding against a loop of full forward passes."""
+padding and architecture variants (decoding is tested in tests/test_decoding.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_like import decoding
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import relative_position_bucket
 from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
@@ -117,30 +116,3 @@ def test_t5_unscaled_attention_folds_the_scale_into_the_query_init():
     np.testing.assert_allclose(query.std() * np.sqrt(8), key.std(), rtol=0.2)
     assert "relpos_bias" in params["encoder"] and "relpos_bias" in params["decoder"]
     assert "logits" in params  # v1.1: untied LM head.
-
-
-def test_greedy_decoding_equals_a_loop_of_full_forward_passes():
-    model, params = _model(**T5_V1_1)
-    params = jax.tree.map(lambda x: x.value, params, is_leaf=lambda x: hasattr(x, "value"))
-    rng = np.random.default_rng(2)
-    enc = rng.integers(3, 64, (3, 7)).astype(np.int32)
-    seg = np.ones_like(enc)
-    seg[1, 5:] = 0  # A shorter, padded row.
-    max_len = 6
-    outputs = np.asarray(
-        decoding.greedy_decode_encoder_decoder(model, params, enc, seg, max_len=max_len, eos_id=1)
-    )
-    for row in range(3):
-        tokens = [0]
-        for _ in range(max_len):
-            logits = model.apply(
-                {"params": params},
-                enc[row : row + 1],
-                np.asarray([tokens], np.int32),
-                encoder_segment_ids=seg[row : row + 1],
-            )
-            tokens.append(int(np.argmax(logits[0, -1])))
-            if tokens[-1] == 1:
-                break
-        expected = tokens[1:] + [0] * (max_len + 1 - len(tokens))
-        np.testing.assert_array_equal(outputs[row], expected)

@@ -67,14 +67,12 @@ def test_tiny_t5_learns_to_reverse_sequences():
     assert float(metrics["loss_sum"] / metrics["weight_sum"]) < 0.1
 
     held_out = _reverse_batch(np.random.default_rng(123), 256)  # Other sequences than training.
+    config = decoding.DecodeConfig(strategy="greedy", max_new_tokens=LENGTH)
     decode = jax.jit(
-        lambda params, enc, seg: decoding.greedy_decode_encoder_decoder(
-            exp.model, params, enc, seg, max_len=LENGTH, eos_id=EOS
-        )
+        lambda params, prompts: decoding.generate(exp.model, params, prompts, config, eos_id=EOS)
     )
-    outputs = np.asarray(
-        decode(state.params, held_out["encoder_inputs"], held_out["encoder_segment_ids"])
-    )
+    prompts = {k: held_out[k] for k in ("encoder_inputs", "encoder_segment_ids")}
+    outputs = np.asarray(decode(state.params, prompts).tokens)
     pairs = zip(outputs, held_out["targets"], strict=True)
     exact = np.mean([np.array_equal(out, target) for out, target in pairs])
     print(f"reverse task: exact match {exact:.1%} after {steps} steps")
