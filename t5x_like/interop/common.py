@@ -2,10 +2,11 @@
 
 A checkpoint becomes a flat `{hf_key: np.ndarray}` state dict (from a torch or numpy state dict, a
 `.safetensors` file, or a checkpoint directory) without needing torch. A model family describes
-its layout as a list of `WeightRule`s; `check_state_dict` names every missing, unexpected or
-mis-shaped tensor, and `rules_to_params` / `params_to_state_dict` apply the rules either way.
+its layout as a list of `WeightRule`s (and `FusedRule`s for an HF tensor that holds several of our
+params, such as GPT-2's fused QKV projection); `check_state_dict` names every missing, unexpected
+or mis-shaped tensor, and `rules_to_params` / `params_to_state_dict` apply the rules either way.
 `stack_layers` / `unstack_layers` convert between unrolled (`layers_i`) and scanned (`layers`)
-parameter layouts.
+parameter layouts; `import_params` / `export_params` chain all of these for one model family.
 """
 
 from __future__ import annotations
@@ -57,6 +58,21 @@ class WeightRule:
     to_hf: Callable[[np.ndarray], np.ndarray]
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedRule:
+    """One HF tensor <-> several of our parameters (e.g. GPT-2's `c_attn`, Q, K and V side by
+    side). `to_ours` returns the parts in `paths` order; `to_hf` takes them in that order."""
+
+    hf_key: str
+    paths: tuple[ParamPath, ...]
+    hf_shape: tuple[int, ...]
+    to_ours: Callable[[np.ndarray], Sequence[np.ndarray]]
+    to_hf: Callable[..., np.ndarray]
+
+
+Rule = WeightRule | FusedRule
+
+
 def _identity(x: np.ndarray) -> np.ndarray:
     return x
 
@@ -69,6 +85,17 @@ def copy_rule(hf_key: str, path: ParamPath, shape: Sequence[int]) -> WeightRule:
 def linear_rule(hf_key: str, path: ParamPath, in_dim: int, out_dim: int) -> WeightRule:
     """A torch `nn.Linear` weight [out, in] <-> our kernel [in, out]."""
     return WeightRule(hf_key, tuple(path), (out_dim, in_dim), np.transpose, np.transpose)
+
+
+def reshape_rule(
+    hf_key: str, path: ParamPath, hf_shape: Sequence[int], shape: Sequence[int]
+) -> WeightRule:
+    """Same values in a different shape, e.g. a Q/K/V bias [heads * head_dim] <-> [heads, head_dim]
+    (row-major on both sides, so heads stay head-major)."""
+    hf_shape, shape = tuple(hf_shape), tuple(shape)
+    return WeightRule(
+        hf_key, tuple(path), hf_shape, lambda x: x.reshape(shape), lambda x: x.reshape(hf_shape)
+    )
 
 
 def heads_in_rule(
@@ -212,7 +239,7 @@ def _raise_mismatch(
 
 def check_state_dict(
     state: Mapping[str, np.ndarray],
-    rules: Sequence[WeightRule],
+    rules: Sequence[Rule],
     ignored: Iterable[str] = (),
     what: str = "HF state dict does not match the config",
 ) -> None:
@@ -262,21 +289,31 @@ def int_inputs(*shapes: tuple[int, ...]) -> tuple[jax.ShapeDtypeStruct, ...]:
     return tuple(jax.ShapeDtypeStruct(s, jnp.int32) for s in shapes)
 
 
-def rules_to_params(state: Mapping[str, np.ndarray], rules: Sequence[WeightRule]) -> dict:
+def rules_to_params(state: Mapping[str, np.ndarray], rules: Sequence[Rule]) -> dict:
     """Our nested (unrolled) parameter tree of float32 numpy arrays from a checked state dict."""
-    flat = {
-        r.path: np.ascontiguousarray(r.to_ours(np.asarray(state[r.hf_key], np.float32)))
-        for r in rules
-    }
+    flat = {}
+    for r in rules:
+        value = np.asarray(state[r.hf_key], np.float32)
+        if isinstance(r, FusedRule):
+            for path, part in zip(r.paths, r.to_ours(value), strict=True):
+                flat[path] = np.ascontiguousarray(part)
+        else:
+            flat[r.path] = np.ascontiguousarray(r.to_ours(value))
     return traverse_util.unflatten_dict(flat)
 
 
-def params_to_state_dict(params: Any, rules: Sequence[WeightRule]) -> StateDict:
+def params_to_state_dict(params: Any, rules: Sequence[Rule]) -> StateDict:
     """The HF state dict (float32 numpy, in rule order) of a checked, unrolled parameter tree."""
     flat = flatten_params(jax.device_get(params))
+
+    def to_hf(r: Rule) -> np.ndarray:
+        if isinstance(r, FusedRule):
+            return r.to_hf(*(flat[p] for p in r.paths))
+        return r.to_hf(flat[r.path])
+
     # np.array copies: aliases (tied tensors) and the caller's params must not share memory with
     # the result.
-    return {r.hf_key: np.array(r.to_hf(flat[r.path]), np.float32, order="C") for r in rules}
+    return {r.hf_key: np.array(to_hf(r), np.float32, order="C") for r in rules}
 
 
 def stack_layers(stack: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
@@ -295,3 +332,70 @@ def unstack_layers(stack: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
     for i in range(num_layers):
         stack[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], scanned)
     return stack
+
+
+def add_missing_prefix(
+    state: Mapping[str, np.ndarray], prefix: str, keep: Iterable[str] = ()
+) -> StateDict:
+    """`state` with `prefix` before every key except those in `keep`, unless some key already
+    has it: the state dict of a bare base model (e.g. the Hub's GPT-2 checkpoint, saved from
+    `GPT2Model`, whose keys lack the `transformer.` of `GPT2LMHeadModel`)."""
+    if any(k.startswith(prefix) for k in state):
+        return dict(state)
+    keep = set(keep)
+    return {k if k in keep else prefix + k: v for k, v in state.items()}
+
+
+def canonical_tied_head(
+    state: Mapping[str, np.ndarray], head_key: str, embedding_key: str, tied: bool
+) -> StateDict:
+    """`state` without the LM head when `tied` (our tied model computes logits from the token
+    embedding); raises ValueError if that head differs from the embedding."""
+    state = dict(state)
+    if tied:
+        head = state.pop(head_key, None)
+        table = state.get(embedding_key)
+        if head is not None and table is not None and not np.array_equal(head, table):
+            raise ValueError(
+                f"{head_key!r} differs from {embedding_key!r}, but the config ties the LM head "
+                "to the token embedding (tie_embeddings=True); import it with "
+                "tie_embeddings=False to keep its own head."
+            )
+    return state
+
+
+def import_params(
+    state: Mapping[str, np.ndarray],
+    rules: Sequence[Rule],
+    expected_shapes: Mapping[ParamPath, tuple[int, ...]],
+    *,
+    ignored: Iterable[str] = (),
+    scanned_stacks: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Checks `state` against `rules`, converts it, stacks the layers of each of `scanned_stacks`
+    (stack name -> number of layers; None: leave unrolled), and checks the result against the
+    model's `expected_shapes` (which guards against rules drifting from the model's names)."""
+    check_state_dict(state, rules, ignored=ignored)
+    params = rules_to_params(state, rules)
+    for stack, num_layers in (scanned_stacks or {}).items():
+        params[stack] = stack_layers(params[stack], num_layers)
+    check_param_shapes(params, expected_shapes, "Imported params do not match the model's")
+    return params
+
+
+def export_params(
+    params: Any,
+    rules: Sequence[Rule],
+    expected_shapes: Mapping[ParamPath, tuple[int, ...]],
+    *,
+    scanned_stacks: Mapping[str, int] | None = None,
+) -> StateDict:
+    """Inverse of `import_params`: checks `params` (plain or logically boxed, numpy or fully
+    addressable jax arrays) against `expected_shapes`, unstacks `scanned_stacks` and applies
+    `rules`."""
+    params = jax.device_get(nn.meta.unbox(params))
+    check_param_shapes(params, expected_shapes, "params do not match the config")
+    params = dict(params)
+    for stack, num_layers in (scanned_stacks or {}).items():
+        params[stack] = unstack_layers(params[stack], num_layers)
+    return params_to_state_dict(params, rules)

@@ -1,0 +1,334 @@
+"""Hugging Face LLaMA <-> our `DecoderOnlyTransformer`: weights and configs.
+
+LLaMA is a configuration of our shared layers: RoPE (the half-split layout, rotating the first
+half of each head against the second, which is HF's `rotate_half`), pre-RMSNorm, a SwiGLU MLP
+(`wi_0` = `gate_proj` under SiLU, `wi_1` = `up_proj`, `wo` = `down_proj`), grouped-query attention
+(`num_kv_heads`), no biases and an untied LM head. A tied head (`tie_word_embeddings=True`) maps
+to `tie_embeddings=True` with `scale_tied_logits=False`; `attention_bias` and `mlp_bias`, when
+both set, map to `use_bias=True`.
+
+    config = config_from_hf("path/to/hf_checkpoint", scan_layers=True)
+    params = import_llama("path/to/hf_checkpoint", config)
+    state_dict = export_llama(params, config)  # LlamaForCausalLM.load_state_dict(..., strict=True)
+    save_hf_checkpoint(params, config, "out_dir")  # LlamaForCausalLM.from_pretrained
+
+Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any
+
+from t5x_like.interop.common import (
+    Rule,
+    Source,
+    StateDict,
+    add_missing_prefix,
+    canonical_tied_head,
+    copy_rule,
+    export_params,
+    heads_in_rule,
+    heads_out_rule,
+    import_params,
+    int_inputs,
+    linear_rule,
+    load_state_dict,
+    param_shapes,
+    read_hf_config,
+    reshape_rule,
+    save_safetensors,
+)
+from t5x_like.layers.config import TransformerConfig
+from t5x_like.models.decoder_only import DecoderOnlyTransformer
+
+# HF hidden_act (of the gated MLP) -> our gated activation: the ones that match exactly. HF's
+# plain "gelu" is the erf GELU whereas ours is the tanh approximation, so it is absent.
+_ACTIVATIONS = {
+    "silu": "swiglu",
+    "swish": "swiglu",
+    "gelu_new": "geglu",
+    "gelu_pytorch_tanh": "geglu",
+    "gelu_fast": "geglu",
+    "relu": "reglu",
+}
+_HIDDEN_ACT = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh", "reglu": "relu"}
+_REQUIRED_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
+_DEFAULT_ROPE_THETA = 10_000.0
+
+_EMBEDDING = "model.embed_tokens.weight"
+_LM_HEAD = "lm_head.weight"
+
+
+def _rope_theta(hf: dict[str, Any]) -> float:
+    """RoPE's base, from transformers 5's `rope_parameters` or the older top-level `rope_theta`;
+    raises ValueError for scaled or partial RoPE, which our layers do not implement."""
+    theta = hf.get("rope_theta", _DEFAULT_ROPE_THETA)
+    # transformers 5 writes `rope_parameters`; older configs write `rope_scaling` (None unless
+    # scaled) next to `rope_theta`.
+    for key in ("rope_parameters", "rope_scaling"):
+        params = hf.get(key) or {}
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(
+                f"{key} with rope_type {rope_type!r} is not supported: our RoPE is the default, "
+                "unscaled rotation."
+            )
+        partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+        if partial not in (None, 1, 1.0):
+            raise ValueError(
+                f"partial_rotary_factor={partial} is not supported: our RoPE rotates whole heads."
+            )
+        theta = params.get("rope_theta", theta)
+    return float(theta)
+
+
+def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
+    """Our config for an HF LLaMA config (a `transformers.LlamaConfig`, its dict, a `config.json`
+    path or a checkpoint directory). `overrides` set other fields, e.g. `scan_layers=True`.
+
+    Raises ValueError for settings our model cannot reproduce exactly.
+    """
+    hf = read_hf_config(hf_config)
+    model_type = hf.get("model_type", "llama")
+    if model_type != "llama":
+        raise ValueError(f"model_type {model_type!r} is not a LLaMA config; expected 'llama'.")
+    missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in hf]
+    if missing:
+        raise ValueError(f"HF LLaMA config lacks required keys {missing}.")
+    act = hf.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(
+            f"hidden_act={act!r} is not supported: only {sorted(_ACTIVATIONS)} map exactly onto "
+            "our gated MLP (HF's plain 'gelu' is the erf GELU whereas ours is the tanh "
+            "approximation)."
+        )
+    attention_bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
+    if attention_bias != mlp_bias:
+        raise ValueError(
+            f"attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported: our "
+            "use_bias puts biases on both the attention and the MLP projections, or on neither."
+        )
+    d_model, num_heads = hf["hidden_size"], hf["num_attention_heads"]
+    kv_heads = hf.get("num_key_value_heads") or num_heads
+    if num_heads % kv_heads:
+        raise ValueError(
+            f"num_attention_heads={num_heads} is not a multiple of num_key_value_heads={kv_heads}."
+        )
+    head_dim = hf.get("head_dim") or d_model // num_heads
+    values = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        num_layers=hf["num_hidden_layers"],
+        num_heads=num_heads,
+        # None (our defaults) where they equal the derived values, so configs compare equal.
+        num_kv_heads=None if kv_heads == num_heads else kv_heads,
+        head_dim=None if head_dim == d_model // num_heads else head_dim,
+        mlp_dim=hf["intermediate_size"],
+        activation=_ACTIVATIONS[act],
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        norm_position="pre",
+        position="rope",
+        max_len=hf.get("max_position_embeddings", 2048),  # Unused by RoPE; kept for export.
+        rope_theta=_rope_theta(hf),
+        scale_attention_logits=True,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        scale_tied_logits=False,
+        use_bias=attention_bias,
+        # LLaMA has no residual or embedding dropout (only attention_dropout, which we lack).
+        dropout_rate=0.0,
+    )
+    values.update(overrides)
+    return TransformerConfig(**values)
+
+
+def _check_llama_layout(config: TransformerConfig) -> None:
+    """Raises ValueError unless `config` is an architecture HF's LLaMA can express."""
+    problems = []
+    expected = {
+        "position": "rope",
+        "norm": "rmsnorm",
+        "norm_position": "pre",
+        "scale_attention_logits": True,
+    }
+    for field, want in expected.items():
+        if getattr(config, field) != want:
+            problems.append(f"{field}={getattr(config, field)!r} (LLaMA: {want!r})")
+    if config.activation not in _HIDDEN_ACT:
+        problems.append(f"activation={config.activation!r} (LLaMA: one of {list(_HIDDEN_ACT)})")
+    if config.num_heads % config.kv_heads:
+        problems.append(
+            f"num_kv_heads={config.num_kv_heads} does not divide num_heads={config.num_heads}"
+        )
+    if config.tie_embeddings and config.scale_tied_logits:
+        problems.append("scale_tied_logits=True (LLaMA's tied LM head does not scale its logits)")
+    if problems:
+        raise ValueError("TransformerConfig is not a LLaMA layout: " + "; ".join(problems) + ".")
+
+
+def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
+    """The HF `config.json` contents of a LLaMA-layout `config` (no transformers import needed)."""
+    _check_llama_layout(config)
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.mlp_dim,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.qkv_dim,
+        "hidden_act": _HIDDEN_ACT[config.activation],
+        "max_position_embeddings": config.max_len,
+        "rms_norm_eps": config.norm_eps,
+        # transformers 5 reads rope_parameters; older versions read rope_theta (5 accepts both).
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_theta": config.rope_theta,
+        "attention_bias": config.use_bias,
+        "mlp_bias": config.use_bias,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": config.tie_embeddings,
+        # t5x_like.data.vocab's ids: pad 0 doubles as the causal LM's start token, eos 1.
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 0,
+    }
+
+
+def hf_config_from(config: TransformerConfig) -> Any:
+    """A `transformers.LlamaConfig` for a LLaMA-layout `config` (needs the `[hf]` extra)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**hf_config_dict(config))
+
+
+def _ignored_keys(config: TransformerConfig) -> list[str]:
+    # Older checkpoints carry each layer's RoPE frequencies as a buffer; they are recomputed.
+    return [f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(config.num_layers)]
+
+
+def _weight_rules(config: TransformerConfig, with_head_alias: bool = False) -> list[Rule]:
+    """Every HF tensor of the model, in LlamaForCausalLM.state_dict() order.
+
+    `with_head_alias` adds `lm_head.weight` as a copy of a tied embedding (a strict
+    `load_state_dict` requires it); import reads the embedding once.
+    """
+    e, v = config.d_model, config.vocab_size
+    embedding = ("token_embed", "embedding")
+    rules: list[Rule] = [copy_rule(_EMBEDDING, embedding, (v, e))]
+    for i in range(config.num_layers):
+        rules += _layer_rules(config, i)
+    rules.append(copy_rule("model.norm.weight", ("decoder", "final_norm", "scale"), (e,)))
+    if not config.tie_embeddings:
+        rules.append(linear_rule(_LM_HEAD, ("logits", "kernel"), e, v))
+    elif with_head_alias:
+        rules.append(copy_rule(_LM_HEAD, embedding, (v, e)))
+    return rules
+
+
+def _layer_rules(config: TransformerConfig, i: int) -> list[Rule]:
+    e, h, d, f = config.d_model, config.num_heads, config.qkv_dim, config.mlp_dim
+    hf, ours = f"model.layers.{i}", ("decoder", f"layers_{i}")
+    attn, mlp = (*ours, "self_attention"), (*ours, "mlp")
+    rules: list[Rule] = []
+    for proj, name, heads in (
+        ("q_proj", "query", h),
+        ("k_proj", "key", config.kv_heads),
+        ("v_proj", "value", config.kv_heads),
+    ):
+        key, path = f"{hf}.self_attn.{proj}", (*attn, name)
+        rules.append(heads_in_rule(f"{key}.weight", (*path, "kernel"), e, heads, d))
+        if config.use_bias:
+            rules.append(reshape_rule(f"{key}.bias", (*path, "bias"), (heads * d,), (heads, d)))
+    key, path = f"{hf}.self_attn.o_proj", (*attn, "out")
+    rules.append(heads_out_rule(f"{key}.weight", (*path, "kernel"), h, d, e))
+    if config.use_bias:
+        rules.append(copy_rule(f"{key}.bias", (*path, "bias"), (e,)))
+    for proj, name, in_dim, out_dim in (
+        ("gate_proj", "wi_0", e, f),
+        ("up_proj", "wi_1", e, f),
+        ("down_proj", "wo", f, e),
+    ):
+        key, path = f"{hf}.mlp.{proj}", (*mlp, name)
+        rules.append(linear_rule(f"{key}.weight", (*path, "kernel"), in_dim, out_dim))
+        if config.use_bias:
+            rules.append(copy_rule(f"{key}.bias", (*path, "bias"), (out_dim,)))
+    for hf_norm, norm in (
+        ("input_layernorm", "pre_attention_norm"),
+        ("post_attention_layernorm", "pre_mlp_norm"),
+    ):
+        rules.append(copy_rule(f"{hf}.{hf_norm}.weight", (*ours, norm, "scale"), (e,)))
+    return rules
+
+
+@functools.lru_cache(maxsize=16)
+def _model_param_shapes(config: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    return param_shapes(DecoderOnlyTransformer(config), *int_inputs((1, 1)))
+
+
+def _scanned_stacks(config: TransformerConfig) -> dict[str, int] | None:
+    return {"decoder": config.num_layers} if config.scan_layers else None
+
+
+def import_llama(source: Source, config: TransformerConfig) -> dict[str, Any]:
+    """Our parameter tree (nested dict of float32 numpy arrays) from an HF LLaMA checkpoint.
+
+    `source` is a torch or numpy state dict of `LlamaForCausalLM` (or of a bare `LlamaModel`), a
+    `.safetensors` file, or an HF checkpoint directory (read without torch; sharded ones too).
+    Layers are stacked on a leading axis when `config.scan_layers`. Raises ValueError naming each
+    missing, unexpected or mis-shaped tensor (with its expected shape), or a tied LM head that
+    differs from the token embedding.
+    """
+    _check_llama_layout(config)
+    state = add_missing_prefix(load_state_dict(source), "model.", keep=(_LM_HEAD,))
+    state = canonical_tied_head(state, _LM_HEAD, _EMBEDDING, config.tie_embeddings)
+    return import_params(
+        state,
+        _weight_rules(config),
+        _model_param_shapes(config),
+        ignored=_ignored_keys(config),
+        scanned_stacks=_scanned_stacks(config),
+    )
+
+
+def export_llama(params: Any, config: TransformerConfig) -> StateDict:
+    """The `LlamaForCausalLM` state dict (float32 numpy; every key a strict `load_state_dict`
+    requires, a tied head repeated under `lm_head.weight`) of our params (plain or logically
+    boxed, numpy or fully addressable jax arrays; unrolled or scanned as `config.scan_layers`
+    says)."""
+    _check_llama_layout(config)
+    return export_params(
+        params,
+        _weight_rules(config, with_head_alias=True),
+        _model_param_shapes(config),
+        scanned_stacks=_scanned_stacks(config),
+    )
+
+
+def save_hf_checkpoint(
+    params: Any, config: TransformerConfig, directory: str | os.PathLike
+) -> None:
+    """Writes `config.json` and `model.safetensors` that
+    `LlamaForCausalLM.from_pretrained(directory)` loads (torch is not needed to write).
+
+    Like transformers' own `save_pretrained`, a tied LM head is not written separately.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = export_llama(params, config)
+    if config.tie_embeddings:
+        del state[_LM_HEAD]
+    save_safetensors(state, directory / "model.safetensors")
+    config_json = json.dumps(hf_config_dict(config), indent=2, sort_keys=True)
+    (directory / "config.json").write_text(config_json + "\n")
