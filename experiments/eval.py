@@ -1,0 +1,110 @@
+r"""Evaluates a training run's checkpoint on this machine's devices, on any mesh that fits them.
+
+  python experiments/eval.py --workdir=/tmp/run                 # latest step, eval split
+  python experiments/eval.py --workdir=/tmp/run --step=200 --split=train --num_batches=20
+  python experiments/eval.py --workdir=/tmp/t5 --decode_batches=4 \
+      --config.mesh.data=1 --config.mesh.tensor=8               # any config field, like this
+
+The config is the run's own config.json (configs/saved_run.py:<workdir>) unless --config names
+another file; either way `--config.<section>.<field>=value` overrides any field, e.g. the mesh
+(`mesh.data/fsdp/tensor`, whose product must be this run's device count) or data.data_dir.
+Only the params are restored (never the optimizer state), straight into this mesh's shardings.
+
+Reports loss, cross-entropy, perplexity and token accuracy over the split, plus accuracy, exact
+match and BLEU of greedily decoded text with --decode_batches > 0 (encoder-decoder runs). The
+JSON report goes to --output (default <workdir>/eval/step_<N>.json), decodes next to it.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from t5x_like.config import ConfigError
+from t5x_like.evaluation import evaluator
+from t5x_like.log_setup import setup_logging
+
+_SAVED_RUN_CONFIG = os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "saved_run.py")
+)
+
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A training workdir (config.json and checkpoints/) to evaluate."
+)
+flags.mark_flag_as_required("workdir")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_SPLIT = flags.DEFINE_string(
+    "split", None, "Dataset split to evaluate (default: the config's data.eval_split)."
+)
+_NUM_BATCHES = flags.DEFINE_integer(
+    "num_batches",
+    0,
+    "Batches of train.batch_size rows to evaluate; 0: the whole split.",
+    lower_bound=0,
+)
+_DECODE_BATCHES = flags.DEFINE_integer(
+    "decode_batches",
+    None,
+    "Batches to greedily decode for accuracy/exact match/BLEU of the text (encoder-decoder "
+    "runs); default: the config's train.decode_batches.",
+    lower_bound=0,
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Path of the JSON report (default: <workdir>/eval/step_<N>.json)."
+)
+_CONFIG_HELP = (
+    "Config file (configs/*.py[:arg]); default: the --workdir's own config.json "
+    f"({_SAVED_RUN_CONFIG}:<workdir>). Override any field with --config.<section>.<field>=value, "
+    "e.g. --config.mesh.data=1 --config.mesh.tensor=8."
+)
+_CONFIG = None  # Defined by _parse_flags: its default depends on --workdir.
+
+
+def _workdir_from(argv: list[str]) -> str | None:
+    """The --workdir on the command line, read before the config flag exists."""
+    early = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=early)
+    early(argv, known_only=True)
+    return early.workdir
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Defines --config with the workdir's saved config as its default, then parses all flags.
+
+    The default must exist before parsing, since `--config.x=y` overrides are applied to it.
+    """
+    global _CONFIG
+    workdir = _workdir_from(argv)
+    default = None
+    if workdir:
+        try:
+            evaluator.checkpoint_dir(workdir)
+        except FileNotFoundError as e:
+            sys.exit(f"Error: {e}")
+        default = f"{_SAVED_RUN_CONFIG}:{os.path.abspath(os.path.expanduser(workdir))}"
+    _CONFIG = config_flags.DEFINE_config_file("config", default, _CONFIG_HELP, lock_config=True)
+    return app.parse_flags_with_usage(argv)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    setup_logging()
+    try:
+        report = evaluator.evaluate_checkpoint(
+            _CONFIG.value,
+            _WORKDIR.value,
+            step=_STEP.value,
+            split=_SPLIT.value,
+            num_batches=_NUM_BATCHES.value,
+            decode_batches=_DECODE_BATCHES.value,
+            output=_OUTPUT.value,
+        )
+    except (FileNotFoundError, ConfigError) as e:
+        sys.exit(f"Error: {e}")
+    print(evaluator.format_summary(report))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

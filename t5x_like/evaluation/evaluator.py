@@ -1,0 +1,307 @@
+"""Evaluates a saved checkpoint on this run's devices and mesh: `evaluate_checkpoint`.
+
+The params alone are restored (the optimizer state is never read), directly into the shardings
+of the mesh the config asks for on these devices, which need not be the training run's mesh.
+The metrics are the trainer's: teacher-forced loss, cross-entropy, perplexity and token accuracy
+over a split (`experiment.evaluate`), and, with decode batches, accuracy, exact match and BLEU
+of greedily decoded text (`decode_eval`). Bad input (no such workdir, step or split, a mesh that
+does not fit the devices) fails with a clear error before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from ml_collections import config_dict
+
+from t5x_like import checkpointing, partitioning
+from t5x_like import config as config_lib
+from t5x_like.evaluation import decode_eval
+from t5x_like.training import experiment
+from t5x_like.training.compilation import enable_compilation_cache
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """`<workdir>/checkpoints` of a training workdir; FileNotFoundError if it is not one."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"Workdir {workdir} does not exist.")
+    hint = "a training workdir holds config.json and checkpoints/ (experiments/train.py)"
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise FileNotFoundError(f"Workdir {workdir} has no config.json: {hint}.")
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Workdir {workdir} has no checkpoints/ directory: {hint}.")
+    return directory
+
+
+def resolve_step(checkpointer: checkpointing.Checkpointer, step: int | None) -> int:
+    """`step`, or the latest one when None; FileNotFoundError naming the steps there are."""
+    steps = sorted(checkpointer.all_steps())
+    if not steps:
+        raise FileNotFoundError(f"No checkpoints in {checkpointer.directory} yet.")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(
+            f"No checkpoint for step {step} in {checkpointer.directory}; available steps: {steps}."
+        )
+    return step
+
+
+def eval_config(
+    cfg: config_dict.ConfigDict,
+    *,
+    split: str | None = None,
+    num_batches: int | None = None,
+    decode_batches: int | None = None,
+) -> config_dict.ConfigDict:
+    """A copy of `cfg` with the eval settings of `evaluate_checkpoint`.
+
+    `split` becomes data.eval_split and `decode_batches` train.decode_batches (None: keep the
+    config's); `num_batches` becomes train.eval_batches (None or 0: the whole split, whatever
+    the config says). The experiment's eval iterators read them there.
+    """
+    for name, value in (("num_batches", num_batches), ("decode_batches", decode_batches)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise config_lib.ConfigError(f"{name}={value!r} must be an integer >= 0.")
+    cfg = copy.deepcopy(cfg)
+    with cfg.unlocked():
+        if split is not None:
+            cfg.data.eval_split = split
+        cfg.train.eval_batches = num_batches or 0
+        if decode_batches is not None:
+            cfg.train.decode_batches = decode_batches
+    if cfg.train.get("decode_batches", 0) and cfg.model.family != "encoder_decoder":
+        raise config_lib.ConfigError(
+            f"decode_batches={cfg.train.decode_batches}: decoded-text metrics need "
+            f"model.family='encoder_decoder' for now, this run is {cfg.model.family!r}; "
+            "use decode_batches=0."
+        )
+    return cfg
+
+
+def build_experiment(
+    cfg: config_dict.ConfigDict, devices: list[jax.Device] | None = None
+) -> experiment.Experiment:
+    """As `experiment.build_experiment`, on `devices` (default: all of this run's).
+
+    Checks the config against the devices first, then that the dataset has data.eval_split.
+    """
+    # Imported here, as in experiment.py: TFDS is only needed once there is data to read.
+    from t5x_like.data import sources
+    from t5x_like.data import vocab as vocab_lib
+
+    devices = list(jax.devices() if devices is None else devices)
+    config_lib.validate_config(cfg, len(devices), jax.process_count())
+    data = cfg.data
+    splits = sources.prepare_dataset(data.dataset, data.data_dir)
+    if data.eval_split not in splits:
+        raise config_lib.ConfigError(
+            f"Dataset {data.dataset!r} has no split {data.eval_split!r} to evaluate; it has "
+            f"{sorted(splits)}. Choose one with --split (data.eval_split)."
+        )
+    vocab = vocab_lib.load_or_train_vocab(
+        data.vocab_path,
+        data_dir=data.data_dir,
+        dataset_name=data.get("vocab_dataset") or data.dataset,
+        split=data.train_split,
+        vocab_size=data.vocab_size,
+        extra_ids=data.get("extra_ids", 0),
+        text_key=data.text_key,
+    )
+    return experiment.assemble_experiment(cfg, splits=splits, vocab=vocab, devices=devices)
+
+
+def restore_params(
+    exp: experiment.Experiment,
+    checkpointer: checkpointing.Checkpointer,
+    step: int,
+    abstract_params: Any = None,
+) -> Any:
+    """The params of checkpoint `step` in `exp`'s shardings (the optimizer state is not read).
+
+    `abstract_params`: their shapes and shardings, if already known (else derived from `exp`).
+    """
+    if abstract_params is None:
+        abstract_params = experiment.state_shardings(exp)[0].params
+    try:
+        return checkpointer.restore_params(step, abstract_params)
+    except (ValueError, KeyError) as e:
+        raise config_lib.ConfigError(
+            f"The params of {checkpointer.directory}/{step} do not fit the model of this config "
+            f"({e}). Evaluate with the training run's model settings."
+        ) from e
+
+
+class _CountingEvalStep:
+    """An eval step that also counts the batches and examples (packed segments) it sees.
+
+    The count runs on the global batch, so it covers every process's rows.
+    """
+
+    def __init__(self, exp: experiment.Experiment, eval_step: Any):
+        self._eval_step = eval_step
+        self._key = "decoder_segment_ids" if exp.task.is_encoder_decoder else "segment_ids"
+        # Segment ids are 1..k in a row of k examples (0 on padding): a row's max counts them.
+        self._count = jax.jit(
+            lambda ids: jnp.sum(jnp.max(ids, axis=-1)),
+            in_shardings=exp.batch_sharding,
+            out_shardings=partitioning.replicated(exp.mesh),
+        )
+        self._counts: list[jax.Array] = []
+
+    def __call__(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        self._counts.append(self._count(batch[self._key]))
+        return self._eval_step(params, batch)
+
+    @property
+    def batches(self) -> int:
+        return len(self._counts)
+
+    @property
+    def examples(self) -> int:
+        return int(sum(int(c) for c in jax.device_get(self._counts)))
+
+
+def default_output(workdir: str, step: int) -> str:
+    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "eval", f"step_{step}.json")
+
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _write_decodes(path: str, examples: list[dict[str, str]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for example in examples:
+            f.write(json.dumps(example, ensure_ascii=False) + "\n")
+
+
+def evaluate_checkpoint(
+    cfg: config_dict.ConfigDict,
+    workdir: str,
+    *,
+    step: int | None = None,
+    split: str | None = None,
+    num_batches: int | None = None,
+    decode_batches: int | None = None,
+    output: str | None = None,
+    devices: list[jax.Device] | None = None,
+) -> dict[str, Any]:
+    """Evaluates checkpoint `step` of `workdir` with `cfg` on `devices`; returns the report.
+
+    Args:
+      cfg: the experiment config (normally the workdir's config.json, see
+        configs/saved_run.py); its mesh section is resolved against `devices`.
+      workdir: a training workdir (config.json and checkpoints/).
+      step: the checkpoint's step; None: the latest.
+      split: the split to evaluate; None: the config's data.eval_split.
+      num_batches: batches of train.batch_size rows to evaluate; None or 0: the whole split.
+      decode_batches: batches to greedily decode for text metrics (encoder-decoder only);
+        None: the config's train.decode_batches.
+      output: where process 0 writes the JSON report; None: `<workdir>/eval/step_<N>.json`.
+        With decodes, they go next to it (`step_<N>.decodes.jsonl`).
+      devices: the devices to evaluate on; None: all of this run's.
+
+    Returns:
+      The report (also written to `output`): metrics (loss, cross_entropy, z_loss, accuracy,
+      perplexity, tokens, and decode_* with decode batches), step, split, workdir, checkpoint,
+      mesh, device_count, examples, tokens, batches, wall_time_s and more.
+
+    Raises:
+      FileNotFoundError: no such workdir, config.json, checkpoints/ or step.
+      config.ConfigError: a config that does not fit the devices, no such split, params that
+        do not fit the config's model.
+    """
+    start = time.perf_counter()
+    directory = checkpoint_dir(workdir)
+    workdir = os.path.dirname(directory)
+    cfg = eval_config(cfg, split=split, num_batches=num_batches, decode_batches=decode_batches)
+    devices = list(jax.devices() if devices is None else devices)
+    checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+    try:
+        step = resolve_step(checkpointer, step)
+        enable_compilation_cache(cfg.train.get("compilation_cache_dir", ""))
+        exp = build_experiment(cfg, devices)
+        logging.info(
+            "Evaluating %s/%d on split %r: mesh %s over %d devices.",
+            directory,
+            step,
+            cfg.data.eval_split,
+            dict(exp.mesh.shape),
+            len(devices),
+        )
+        abstract, shardings = experiment.state_shardings(exp)
+        params = restore_params(exp, checkpointer, step, abstract.params)
+    finally:
+        checkpointer.close()
+    restored = time.perf_counter()
+
+    _, jit_eval = experiment.jit_steps(exp, shardings)  # The train step is never compiled.
+    eval_step = _CountingEvalStep(exp, jit_eval)
+    examples: list[dict[str, str]] = []
+    with partitioning.activate(exp.mesh, exp.rules):
+        metrics = experiment.evaluate(exp, eval_step, params)
+        if cfg.train.get("decode_batches", 0):
+            decode_fn = decode_eval.jit_decode(exp, shardings.params)
+            batches = experiment.make_eval_iterator(exp, for_decoding=True)
+            scores, examples = decode_eval.evaluate_decodes(exp, decode_fn, params, batches)
+            metrics.update(scores)
+    end = time.perf_counter()
+
+    output = os.path.abspath(output) if output else default_output(workdir, step)
+    report = {
+        "workdir": workdir,
+        "checkpoint": os.path.join(directory, str(step)),
+        "step": step,
+        "split": cfg.data.eval_split,
+        "dataset": cfg.data.dataset,
+        "metrics": metrics,
+        "examples": eval_step.examples,
+        "tokens": int(metrics.get("tokens", 0)),
+        "batches": eval_step.batches,
+        "batch_size": cfg.train.batch_size,
+        "decode_batches": cfg.train.get("decode_batches", 0),
+        "mesh": {k: int(v) for k, v in exp.mesh.shape.items()},
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "platform": devices[0].platform,
+        "load_time_s": restored - start,
+        "eval_time_s": end - restored,
+        "wall_time_s": end - start,
+        "output": output,
+    }
+    if examples:
+        report["decodes"] = os.path.splitext(output)[0] + ".decodes.jsonl"
+    if jax.process_index() == 0:
+        _write_json(output, report)
+        if examples:
+            _write_decodes(report["decodes"], examples)
+    return report
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A few lines for the console: where, what and the metrics."""
+    mesh = " x ".join(f"{k}={v}" for k, v in report["mesh"].items())
+    lines = [
+        f"{report['checkpoint']} on split {report['split']!r}: {report['examples']:,} examples, "
+        f"{report['tokens']:,} tokens in {report['batches']} batches",
+        f"mesh {mesh} ({report['device_count']} {report['platform']} devices), "
+        f"{report['wall_time_s']:.1f}s (loading {report['load_time_s']:.1f}s)",
+    ]
+    lines += [f"  {k:<20} {v:.6g}" for k, v in report["metrics"].items()]
+    lines.append(f"report: {report['output']}")
+    return "\n".join(lines)
