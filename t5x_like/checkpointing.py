@@ -15,6 +15,7 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
+from t5x_like.config import ConfigError
 from t5x_like.training.train_state import TrainState
 
 
@@ -84,25 +85,41 @@ class Checkpointer:
             data_iterator.set_state(restored["data_iterator"])
         return state
 
+    def resolve_step(self, step: int | None) -> int:
+        """`step` if it has a checkpoint, the latest one when None; else FileNotFoundError
+        naming the steps there are."""
+        steps = sorted(self.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"No checkpoints in {self.directory} yet.")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(
+                f"No checkpoint for step {step} in {self.directory}; available steps: {steps}."
+            )
+        return step
+
     def restore_params(self, step: int | None, abstract_params: Any) -> Any:
         """Restores only the params of `step` (None: the latest) onto `abstract_params`' shardings.
 
         The optimizer state is never read into memory, so fine-tuning can start a new optimizer
         and evaluation holds params alone.
+
+        Raises:
+          FileNotFoundError: no checkpoint at all, or none for `step` (the message lists them).
+          ConfigError: the saved params do not fit `abstract_params` (another model shape).
         """
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"No checkpoint found in {self.directory}.")
-        elif step not in self.all_steps():
-            raise FileNotFoundError(
-                f"No checkpoint for step {step} in {self.directory}; it has steps "
-                f"{self.all_steps()}."
-            )
+        step = self.resolve_step(step)
         item = {"params": abstract_params}
         restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
         args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+        except (ValueError, KeyError) as e:
+            raise ConfigError(
+                f"The params of {self.directory}/{step} do not fit this model ({e}). Use the "
+                "model settings (and vocabulary) of the run that saved them."
+            ) from e
         return restored["state"]["params"]
 
     def wait_until_finished(self) -> None:

@@ -6,6 +6,8 @@ exact match and BLEU of the decoded outputs (see `metrics.py`), plus a few examp
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import jax
@@ -63,3 +65,11 @@ def evaluate_decodes(
         for i, p, r in zip(inputs, predictions, references, strict=True)
     ]
     return scores, examples
+
+
+def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
+    """One JSON object per line (decoded examples), creating the directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

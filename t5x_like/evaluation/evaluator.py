@@ -42,20 +42,6 @@ def checkpoint_dir(workdir: str) -> str:
     return directory
 
 
-def resolve_step(checkpointer: checkpointing.Checkpointer, step: int | None) -> int:
-    """`step`, or the latest one when None; FileNotFoundError naming the steps there are."""
-    steps = sorted(checkpointer.all_steps())
-    if not steps:
-        raise FileNotFoundError(f"No checkpoints in {checkpointer.directory} yet.")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise FileNotFoundError(
-            f"No checkpoint for step {step} in {checkpointer.directory}; available steps: {steps}."
-        )
-    return step
-
-
 def eval_config(
     cfg: config_dict.ConfigDict,
     *,
@@ -86,59 +72,6 @@ def eval_config(
             "use decode_batches=0."
         )
     return cfg
-
-
-def build_experiment(
-    cfg: config_dict.ConfigDict, devices: list[jax.Device] | None = None
-) -> experiment.Experiment:
-    """As `experiment.build_experiment`, on `devices` (default: all of this run's).
-
-    Checks the config against the devices first, then that the dataset has data.eval_split.
-    """
-    # Imported here, as in experiment.py: TFDS is only needed once there is data to read.
-    from t5x_like.data import sources
-    from t5x_like.data import vocab as vocab_lib
-
-    devices = list(jax.devices() if devices is None else devices)
-    config_lib.validate_config(cfg, len(devices), jax.process_count())
-    data = cfg.data
-    splits = sources.prepare_dataset(data.dataset, data.data_dir)
-    if data.eval_split not in splits:
-        raise config_lib.ConfigError(
-            f"Dataset {data.dataset!r} has no split {data.eval_split!r} to evaluate; it has "
-            f"{sorted(splits)}. Choose one with --split (data.eval_split)."
-        )
-    vocab = vocab_lib.load_or_train_vocab(
-        data.vocab_path,
-        data_dir=data.data_dir,
-        dataset_name=data.get("vocab_dataset") or data.dataset,
-        split=data.train_split,
-        vocab_size=data.vocab_size,
-        extra_ids=data.get("extra_ids", 0),
-        text_key=data.text_key,
-    )
-    return experiment.assemble_experiment(cfg, splits=splits, vocab=vocab, devices=devices)
-
-
-def restore_params(
-    exp: experiment.Experiment,
-    checkpointer: checkpointing.Checkpointer,
-    step: int,
-    abstract_params: Any = None,
-) -> Any:
-    """The params of checkpoint `step` in `exp`'s shardings (the optimizer state is not read).
-
-    `abstract_params`: their shapes and shardings, if already known (else derived from `exp`).
-    """
-    if abstract_params is None:
-        abstract_params = experiment.state_shardings(exp)[0].params
-    try:
-        return checkpointer.restore_params(step, abstract_params)
-    except (ValueError, KeyError) as e:
-        raise config_lib.ConfigError(
-            f"The params of {checkpointer.directory}/{step} do not fit the model of this config "
-            f"({e}). Evaluate with the training run's model settings."
-        ) from e
 
 
 class _CountingEvalStep:
@@ -184,12 +117,6 @@ def _write_json(path: str, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _write_decodes(path: str, examples: list[dict[str, str]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps(example, ensure_ascii=False) + "\n")
-
-
 def evaluate_checkpoint(
     cfg: config_dict.ConfigDict,
     workdir: str,
@@ -233,9 +160,9 @@ def evaluate_checkpoint(
     devices = list(jax.devices() if devices is None else devices)
     checkpointer = checkpointing.Checkpointer(directory, async_save=False)
     try:
-        step = resolve_step(checkpointer, step)
+        step = checkpointer.resolve_step(step)
         enable_compilation_cache(cfg.train.get("compilation_cache_dir", ""))
-        exp = build_experiment(cfg, devices)
+        exp = experiment.build_experiment(cfg, devices, splits_needed=(cfg.data.eval_split,))
         logging.info(
             "Evaluating %s/%d on split %r: mesh %s over %d devices.",
             directory,
@@ -245,7 +172,7 @@ def evaluate_checkpoint(
             len(devices),
         )
         abstract, shardings = experiment.state_shardings(exp)
-        params = restore_params(exp, checkpointer, step, abstract.params)
+        params = checkpointer.restore_params(step, abstract.params)
     finally:
         checkpointer.close()
     restored = time.perf_counter()
@@ -289,7 +216,7 @@ def evaluate_checkpoint(
     if jax.process_index() == 0:
         _write_json(output, report)
         if examples:
-            _write_decodes(report["decodes"], examples)
+            decode_eval.write_jsonl(report["decodes"], examples)
     return report
 
 

@@ -52,17 +52,29 @@ def _resolve_vocab_size(cfg: config_dict.ConfigDict, vocab_size: int) -> None:
             )
 
 
-def build_experiment(cfg: config_dict.ConfigDict) -> Experiment:
-    """Validates the config, then loads data sources and the vocabulary and assembles the rest."""
+def build_experiment(
+    cfg: config_dict.ConfigDict,
+    devices: list[jax.Device] | None = None,
+    *,
+    splits_needed: tuple[str, ...] | None = None,
+) -> Experiment:
+    """Validates the config, then loads data sources and the vocabulary and assembles the rest.
+
+    `devices`: the run's devices (default: all). `splits_needed`: splits the dataset must have
+    (default: the train split, and the eval split when train.eval_every > 0).
+    """
     # Imported here: TFDS is only needed once there is data to read.
     from t5x_like.data import sources
     from t5x_like.data import vocab as vocab_lib
 
-    config_lib.validate_config(cfg, jax.device_count(), jax.process_count())
+    devices = list(jax.devices() if devices is None else devices)
+    config_lib.validate_config(cfg, len(devices), jax.process_count())
     data = cfg.data
     splits = sources.prepare_dataset(data.dataset, data.data_dir)
-    for split in (data.train_split, data.eval_split if cfg.train.eval_every else None):
-        if split is not None and split not in splits:
+    if splits_needed is None:
+        splits_needed = (data.train_split,) + ((data.eval_split,) if cfg.train.eval_every else ())
+    for split in splits_needed:
+        if split not in splits:
             raise config_lib.ConfigError(
                 f"Dataset {data.dataset!r} has no split {split!r}; it has {sorted(splits)}. "
                 "Set data.train_split / data.eval_split."
@@ -78,7 +90,7 @@ def build_experiment(cfg: config_dict.ConfigDict) -> Experiment:
         extra_ids=data.get("extra_ids", 0),
         text_key=data.text_key,
     )
-    return assemble_experiment(cfg, splits=splits, vocab=vocab)
+    return assemble_experiment(cfg, splits=splits, vocab=vocab, devices=devices)
 
 
 def assemble_experiment(

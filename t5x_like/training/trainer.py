@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -105,11 +104,6 @@ def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: A
     source = checkpointing.Checkpointer(directory, async_save=False)
     try:
         params = source.restore_params(train_cfg.init_step, abstract_params)
-    except (ValueError, KeyError) as e:
-        raise config_lib.ConfigError(
-            f"The params in train.init_from={train_cfg.init_from!r} do not fit this model "
-            f"({e}). Use the pretraining run's model settings (and vocabulary) here."
-        ) from e
     finally:
         source.close()
     logging.info("Initialised params from %s (optimizer state fresh).", directory)
@@ -154,14 +148,6 @@ def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
     return _Throughput(cfg.train.batch_size * row_tokens, flops_per_token, peak)
 
 
-def _write_decodes(workdir: str, step: int, examples: list[dict[str, str]]) -> None:
-    directory = os.path.join(workdir, "decodes")
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f"step_{step}.jsonl"), "w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps(example, ensure_ascii=False) + "\n")
-
-
 def _eval_and_log(
     exp: Experiment,
     steps: dict[str, Any],
@@ -177,7 +163,8 @@ def _eval_and_log(
         scores, examples = decode_eval.evaluate_decodes(exp, steps["decode"], state.params, batches)
         metrics.update(scores)
         if examples and jax.process_index() == 0:
-            _write_decodes(workdir, step, examples)
+            path = os.path.join(workdir, "decodes", f"step_{step}.jsonl")
+            decode_eval.write_jsonl(path, examples)
             for example in examples[:3]:
                 logging.info("decoded: %r -> %r (target %r)", *example.values())
     logging.info("step %d eval: %s", step, _format(metrics))

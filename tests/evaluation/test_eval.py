@@ -54,20 +54,24 @@ def decoder_run(corpus_dir, tmp_path_factory):
     return workdir
 
 
+def _restore(cfg, devices, checkpointer):
+    """The params of checkpoint STEP restored into the shardings of `cfg`'s mesh on `devices`."""
+    exp = experiment.build_experiment(cfg, devices)
+    return checkpointer.restore_params(STEP, experiment.state_shardings(exp)[0].params)
+
+
 # One test for both meshes: under pytest-xdist, tests sharing the run could each train it.
 def test_other_meshes_restore_the_same_params_and_loss(decoder_run, tmp_path):
     """On one device (mesh 1 x 1 x 1) and on data=1 x fsdp=4 x tensor=2: the params of the
     2 x 2 x 2 run, and its own eval loss at that step over as many batches."""
     saved = load_config("saved_run", decoder_run)  # The run's config.json: its 2 x 2 x 2 mesh.
     checkpointer = checkpointing.Checkpointer(evaluator.checkpoint_dir(decoder_run))
-    original = evaluator.restore_params(evaluator.build_experiment(saved), checkpointer, STEP)
+    original = _restore(saved, jax.devices(), checkpointer)
     trained = read_metrics(decoder_run, "eval")[STEP]
     for mesh, num_devices in (((1, 1, 1), 1), ((1, 4, 2), 8)):
         devices = jax.devices()[:num_devices]
         cfg = _with_mesh(load_config("saved_run", decoder_run), *mesh)
-        params = evaluator.restore_params(
-            evaluator.build_experiment(cfg, devices), checkpointer, STEP
-        )
+        params = _restore(cfg, devices, checkpointer)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(original), strict=True):
             assert a.sharding.mesh.devices.size == num_devices
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -98,7 +102,7 @@ def t5_run(corpus_dir, tmp_path_factory):
         **{"data.task": "span_corruption", "data.inputs_len": 32, "data.targets_len": 12},
     )
     cfg.data.data_dir = corpus_dir
-    exp = evaluator.build_experiment(cfg, jax.devices()[:1])  # mesh.data=-1: 1 x 1 x 1 here.
+    exp = experiment.build_experiment(cfg, jax.devices()[:1])  # mesh.data=-1: 1 x 1 x 1 here.
     workdir = str(tmp_path_factory.mktemp("t5_run"))
     config_lib.save_config(exp.cfg, workdir)  # With model.vocab_size resolved, as in training.
     state = experiment.init_state(exp, experiment.state_shardings(exp)[1])
@@ -153,7 +157,7 @@ def test_bad_input_fails_before_compiling(t5_run, tmp_path):
         evaluator.evaluate_checkpoint(cfg, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"No checkpoint for step 3 .*steps: \[2\]"):
         evaluator.evaluate_checkpoint(cfg, t5_run, step=3)
-    with pytest.raises(ConfigError, match=r"no split 'test' .*it has \['train', 'validation'\]"):
+    with pytest.raises(ConfigError, match=r"no split 'test'; it has \['train', 'validation'\]"):
         evaluator.evaluate_checkpoint(cfg, t5_run, split="test")
     with pytest.raises(ConfigError, match=r"this run has 8"):
         evaluator.evaluate_checkpoint(_with_mesh(cfg, 3, 1, 1), t5_run)
