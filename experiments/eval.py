@@ -15,24 +15,16 @@ match and BLEU of greedily decoded text with --decode_batches > 0 (encoder-decod
 JSON report goes to --output (default <workdir>/eval/step_<N>.json), decodes next to it.
 """
 
-import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from t5x_like.config import ConfigError
 from t5x_like.evaluation import evaluator
 from t5x_like.log_setup import setup_logging
+from t5x_like.workdir_flags import WorkdirConfig
 
-_SAVED_RUN_CONFIG = os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "configs", "saved_run.py")
-)
-
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "A training workdir (config.json and checkpoints/) to evaluate."
-)
-flags.mark_flag_as_required("workdir")
+_RUN = WorkdirConfig("A training workdir (config.json and checkpoints/) to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _SPLIT = flags.DEFINE_string(
     "split", None, "Dataset split to evaluate (default: the config's data.eval_split)."
@@ -53,38 +45,6 @@ _DECODE_BATCHES = flags.DEFINE_integer(
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Path of the JSON report (default: <workdir>/eval/step_<N>.json)."
 )
-_CONFIG_HELP = (
-    "Config file (configs/*.py[:arg]); default: the --workdir's own config.json "
-    f"({_SAVED_RUN_CONFIG}:<workdir>). Override any field with --config.<section>.<field>=value, "
-    "e.g. --config.mesh.data=1 --config.mesh.tensor=8."
-)
-_CONFIG = None  # Defined by _parse_flags: its default depends on --workdir.
-
-
-def _workdir_from(argv: list[str]) -> str | None:
-    """The --workdir on the command line, read before the config flag exists."""
-    early = flags.FlagValues()
-    flags.DEFINE_string("workdir", None, "", flag_values=early)
-    early(argv, known_only=True)
-    return early.workdir
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Defines --config with the workdir's saved config as its default, then parses all flags.
-
-    The default must exist before parsing, since `--config.x=y` overrides are applied to it.
-    """
-    global _CONFIG
-    workdir = _workdir_from(argv)
-    default = None
-    if workdir:
-        try:
-            evaluator.checkpoint_dir(workdir)
-        except FileNotFoundError as e:
-            sys.exit(f"Error: {e}")
-        default = f"{_SAVED_RUN_CONFIG}:{os.path.abspath(os.path.expanduser(workdir))}"
-    _CONFIG = config_flags.DEFINE_config_file("config", default, _CONFIG_HELP, lock_config=True)
-    return app.parse_flags_with_usage(argv)
 
 
 def main(argv: list[str]) -> None:
@@ -93,8 +53,8 @@ def main(argv: list[str]) -> None:
     setup_logging()
     try:
         report = evaluator.evaluate_checkpoint(
-            _CONFIG.value,
-            _WORKDIR.value,
+            _RUN.config,
+            _RUN.workdir.value,
             step=_STEP.value,
             split=_SPLIT.value,
             num_batches=_NUM_BATCHES.value,
@@ -107,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=_RUN.parse)

@@ -8,6 +8,7 @@ sentinel i has id `vocab_size - 1 - i`. Like T5's vocabulary, the default normal
 
 import io
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ UNK_ID = 2
 
 # Enough text for a few-thousand-piece vocabulary while keeping training to seconds.
 DEFAULT_MAX_TRAIN_CHARS = 5_000_000
+_SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
 # SentencePiece skips longer training sentences, so documents are fed line by line.
 _MAX_SENTENCE_CHARS = 4000
 
@@ -101,6 +103,20 @@ class SentencePieceVocab:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without EOS."""
         return self._sp.encode(text, out_type=int)
+
+    def encode_with_sentinels(self, text: str) -> list[int]:
+        """Like `encode`, but `<extra_id_i>` in the text becomes sentinel i's id (prompts
+        written T5-style, e.g. "The list <extra_id_0> is mutable."). A vocabulary without
+        extra ids reads such text literally."""
+        if not self.extra_ids:
+            return self.encode(text)
+        ids: list[int] = []
+        for i, part in enumerate(_SENTINEL_PATTERN.split(text)):
+            if i % 2:  # The captured sentinel number.
+                ids.append(self.extra_id(int(part)))
+            elif part:
+                ids.extend(self.encode(part))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` up to the first EOS; pads are skipped, sentinels print as <extra_id_i>.

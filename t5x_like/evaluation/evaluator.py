@@ -18,28 +18,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, partitioning
 from t5x_like import config as config_lib
-from t5x_like.evaluation import decode_eval
+from t5x_like import partitioning
+from t5x_like.evaluation import decode_eval, restore
 from t5x_like.training import experiment
-from t5x_like.training.compilation import enable_compilation_cache
-
-
-def checkpoint_dir(workdir: str) -> str:
-    """`<workdir>/checkpoints` of a training workdir; FileNotFoundError if it is not one."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"Workdir {workdir} does not exist.")
-    hint = "a training workdir holds config.json and checkpoints/ (experiments/train.py)"
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
-        raise FileNotFoundError(f"Workdir {workdir} has no config.json: {hint}.")
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Workdir {workdir} has no checkpoints/ directory: {hint}.")
-    return directory
 
 
 def eval_config(
@@ -154,36 +138,22 @@ def evaluate_checkpoint(
         do not fit the config's model.
     """
     start = time.perf_counter()
-    directory = checkpoint_dir(workdir)
-    workdir = os.path.dirname(directory)
     cfg = eval_config(cfg, split=split, num_batches=num_batches, decode_batches=decode_batches)
-    devices = list(jax.devices() if devices is None else devices)
-    checkpointer = checkpointing.Checkpointer(directory, async_save=False)
-    try:
-        step = checkpointer.resolve_step(step)
-        enable_compilation_cache(cfg.train.get("compilation_cache_dir", ""))
-        exp = experiment.build_experiment(cfg, devices, splits_needed=(cfg.data.eval_split,))
-        logging.info(
-            "Evaluating %s/%d on split %r: mesh %s over %d devices.",
-            directory,
-            step,
-            cfg.data.eval_split,
-            dict(exp.mesh.shape),
-            len(devices),
-        )
-        abstract, shardings = experiment.state_shardings(exp)
-        params = checkpointer.restore_params(step, abstract.params)
-    finally:
-        checkpointer.close()
+    run = restore.restore_run(
+        cfg, workdir, step=step, devices=devices, splits_needed=(cfg.data.eval_split,)
+    )
+    exp, params, step, workdir = run.exp, run.params, run.step, run.workdir
+    devices = list(exp.mesh.devices.flat)
     restored = time.perf_counter()
 
-    _, jit_eval = experiment.jit_steps(exp, shardings)  # The train step is never compiled.
+    # Only the eval step is compiled (jit is lazy): never the train step.
+    _, jit_eval = experiment.jit_steps(exp, experiment.state_shardings(exp)[1])
     eval_step = _CountingEvalStep(exp, jit_eval)
     examples: list[dict[str, str]] = []
     with partitioning.activate(exp.mesh, exp.rules):
         metrics = experiment.evaluate(exp, eval_step, params)
         if cfg.train.get("decode_batches", 0):
-            decode_fn = decode_eval.jit_decode(exp, shardings.params)
+            decode_fn = decode_eval.jit_decode(exp, run.param_shardings)
             batches = experiment.make_eval_iterator(exp, for_decoding=True)
             scores, examples = decode_eval.evaluate_decodes(exp, decode_fn, params, batches)
             metrics.update(scores)
@@ -192,7 +162,7 @@ def evaluate_checkpoint(
     output = os.path.abspath(output) if output else default_output(workdir, step)
     report = {
         "workdir": workdir,
-        "checkpoint": os.path.join(directory, str(step)),
+        "checkpoint": run.checkpoint,
         "step": step,
         "split": cfg.data.eval_split,
         "dataset": cfg.data.dataset,

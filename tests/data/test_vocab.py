@@ -123,6 +123,17 @@ def test_decode_renders_sentinels(small_proto):
     assert " " not in v.decode([*word[:-1], v.extra_id(0), word[-1]])
 
 
+def test_encode_with_sentinels_maps_extra_id_text_to_sentinel_ids(small_proto):
+    v = vocab.SentencePieceVocab(small_proto, extra_ids=3)
+    ids = v.encode_with_sentinels("the water<extra_id_0> was <extra_id_2>")
+    assert ids == [*v.encode("the water"), v.extra_id(0), *v.encode(" was "), v.extra_id(2)]
+    assert v.decode(ids) == "the water<extra_id_0> was<extra_id_2>"
+    with pytest.raises(ValueError, match="Sentinel 5 out of range"):
+        v.encode_with_sentinels("<extra_id_5>")
+    plain = vocab.SentencePieceVocab(small_proto)
+    assert plain.encode_with_sentinels("a <extra_id_0>") == plain.encode("a <extra_id_0>")
+
+
 def test_decode_maps_ids_outside_the_vocab_to_unk(small_proto):
     """Ids a padded model vocab can sample (>= vocab_size, or negative) decode as unk."""
     v = vocab.SentencePieceVocab(small_proto, extra_ids=2)

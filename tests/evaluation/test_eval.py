@@ -15,7 +15,7 @@ from testutil import REPO, load_config, tiny_config, tiny_t5_config
 from t5x_like import checkpointing
 from t5x_like import config as config_lib
 from t5x_like.config import ConfigError
-from t5x_like.evaluation import evaluator
+from t5x_like.evaluation import evaluator, restore
 from t5x_like.training import compilation, experiment, trainer
 from t5x_like.training.metrics_writer import read_metrics
 
@@ -65,7 +65,7 @@ def test_other_meshes_restore_the_same_params_and_loss(decoder_run, tmp_path):
     """On one device (mesh 1 x 1 x 1) and on data=1 x fsdp=4 x tensor=2: the params of the
     2 x 2 x 2 run, and its own eval loss at that step over as many batches."""
     saved = load_config("saved_run", decoder_run)  # The run's config.json: its 2 x 2 x 2 mesh.
-    checkpointer = checkpointing.Checkpointer(evaluator.checkpoint_dir(decoder_run))
+    checkpointer = checkpointing.Checkpointer(restore.checkpoint_dir(decoder_run))
     original = _restore(saved, jax.devices(), checkpointer)
     trained = read_metrics(decoder_run, "eval")[STEP]
     for mesh, num_devices in (((1, 1, 1), 1), ((1, 4, 2), 8)):

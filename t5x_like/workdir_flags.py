@@ -1,0 +1,61 @@
+"""Command-line flags of the scripts that work on a training run's workdir (eval, infer).
+
+`--workdir` names the run; `--config` defaults to the run's own `config.json` (through
+configs/saved_run.py), and either way `--config.<section>.<field>=value` overrides any field.
+The default of `--config` depends on `--workdir`, and config_flags applies overrides to the
+default while parsing, so `--workdir` is read first and `--config` defined after it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from t5x_like.evaluation.restore import checkpoint_dir
+
+SAVED_RUN_CONFIG = os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "saved_run.py")
+)
+CONFIG_HELP = (
+    "Config file (configs/*.py[:arg]); default: the --workdir's own config.json "
+    f"({SAVED_RUN_CONFIG}:<workdir>). Override any field with --config.<section>.<field>=value, "
+    "e.g. --config.mesh.data=1 --config.mesh.tensor=8."
+)
+
+
+class WorkdirConfig:
+    """`--workdir` (required) and `--config`, defined when the flags are parsed."""
+
+    def __init__(self, workdir_help: str):
+        self.workdir = flags.DEFINE_string("workdir", None, workdir_help)
+        flags.mark_flag_as_required("workdir")
+        self._config: Any = None
+
+    @property
+    def config(self) -> Any:
+        """The parsed config (a ConfigDict), overrides applied."""
+        return self._config.value
+
+    def parse(self, argv: list[str]) -> list[str]:
+        """`app.run`'s flags_parser: defines --config with the workdir's default, then parses."""
+        early = flags.FlagValues()
+        flags.DEFINE_string("workdir", None, "", flag_values=early)
+        early(argv, known_only=True)
+        default = None
+        if early.workdir:
+            try:
+                checkpoint_dir(early.workdir)
+            except FileNotFoundError as e:
+                sys.exit(f"Error: {e}")
+            default = f"{SAVED_RUN_CONFIG}:{os.path.abspath(os.path.expanduser(early.workdir))}"
+        self._config = config_flags.DEFINE_config_file(
+            "config", default, CONFIG_HELP, lock_config=True
+        )
+        # List both in the script's own --help (absl names the main module by argv[0]).
+        for name in ("workdir", "config"):
+            flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
+        return app.parse_flags_with_usage(argv)
