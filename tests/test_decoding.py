@@ -117,24 +117,28 @@ def test_encoder_decoder_cached_logits_equal_full_forward():
 
 
 def _reference_greedy_decoder_only(model, params, prompt, steps):
-    tokens = list(prompt)
-    for _ in range(steps):
-        logits = model.apply({"params": params}, np.asarray([tokens], np.int32))
-        tokens.append(int(np.argmax(logits[0, -1])))
-    return tokens[len(prompt) :]
+    """Greedy by full forward passes over a fixed-size buffer (causal: later slots are unseen)."""
+    forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
+    tokens = np.zeros((1, len(prompt) + steps), np.int32)
+    tokens[0, : len(prompt)] = prompt
+    for t in range(len(prompt), len(prompt) + steps):
+        tokens[0, t] = int(np.argmax(forward(tokens)[0, t - 1]))
+    return tokens[0, len(prompt) :].tolist()
 
 
 def _reference_greedy_t5(model, params, prompts, row, steps):
-    tokens = [0]
-    for _ in range(steps):
-        logits = model.apply(
+    forward = jax.jit(
+        lambda decoder_tokens: model.apply(
             {"params": params},
             prompts["encoder_inputs"][row : row + 1],
-            np.asarray([tokens], np.int32),
+            decoder_tokens,
             encoder_segment_ids=prompts["encoder_segment_ids"][row : row + 1],
         )
-        tokens.append(int(np.argmax(logits[0, -1])))
-    return tokens[1:]
+    )
+    tokens = np.zeros((1, steps + 1), np.int32)  # Start token 0, then the outputs.
+    for t in range(steps):
+        tokens[0, t + 1] = int(np.argmax(forward(tokens)[0, t]))
+    return tokens[0, 1:].tolist()
 
 
 def _generate(model, params, prompts, eos_id=None, **config):

@@ -127,10 +127,6 @@ def our_greedy(params, config: TransformerConfig) -> np.ndarray:
     return tokens[:, length:]
 
 
-# The KV-cache decoder may land after these tests; until then only the plain loop runs.
-HAS_CACHED_GENERATE = hasattr(decoding, "generate")
-
-
 @functools.cache
 def _jitted_cached_greedy(config: TransformerConfig):
     model = DecoderOnlyTransformer(config)

@@ -133,7 +133,6 @@ def test_greedy_generation_matches_hf(layout):
     assert len(np.unique(theirs)) > 3  # not a degenerate repetition of one token
 
 
-@pytest.mark.skipif(not parity.HAS_CACHED_GENERATE, reason="t5x_like.decoding has no generate")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_kv_cache_generation_matches_hf(layout):
     ref = _reference(layout)
