@@ -173,6 +173,27 @@ def save_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) -
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def write_hf_checkpoint(
+    state: Mapping[str, np.ndarray],
+    hf_config: Mapping[str, Any],
+    directory: str | os.PathLike,
+    *,
+    tied_keys: Sequence[str] = (),
+) -> None:
+    """Writes `config.json` and `model.safetensors` for transformers' `from_pretrained`.
+
+    Like transformers' own `save_pretrained`, tensors tied to another (`tied_keys`) are not
+    written: loading ties them again.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_safetensors(
+        {k: v for k, v in state.items() if k not in tied_keys}, directory / "model.safetensors"
+    )
+    config_json = json.dumps(dict(hf_config), indent=2, sort_keys=True)
+    (directory / "config.json").write_text(config_json + "\n")
+
+
 def load_state_dict(source: Source) -> StateDict:
     """A flat `{hf_key: np.ndarray}` from any of: a torch or numpy state dict, a `.safetensors`
     file, or an HF checkpoint directory (`model.safetensors` or a sharded

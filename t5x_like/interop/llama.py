@@ -18,9 +18,7 @@ Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import pathlib
 from typing import Any
 
 from t5x_like.interop.common import (
@@ -40,7 +38,7 @@ from t5x_like.interop.common import (
     param_shapes,
     read_hf_config,
     reshape_rule,
-    save_safetensors,
+    write_hf_checkpoint,
 )
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.models.decoder_only import DecoderOnlyTransformer
@@ -324,11 +322,6 @@ def save_hf_checkpoint(
 
     Like transformers' own `save_pretrained`, a tied LM head is not written separately.
     """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    tied = [_LM_HEAD] if config.tie_embeddings else []
     state = export_llama(params, config)
-    if config.tie_embeddings:
-        del state[_LM_HEAD]
-    save_safetensors(state, directory / "model.safetensors")
-    config_json = json.dumps(hf_config_dict(config), indent=2, sort_keys=True)
-    (directory / "config.json").write_text(config_json + "\n")
+    write_hf_checkpoint(state, hf_config_dict(config), directory, tied_keys=tied)

@@ -18,9 +18,7 @@ Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -43,9 +41,9 @@ from t5x_like.interop.common import (
     params_to_state_dict,
     read_hf_config,
     rules_to_params,
-    save_safetensors,
     stack_layers,
     unstack_layers,
+    write_hf_checkpoint,
 )
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
@@ -331,14 +329,6 @@ def save_hf_checkpoint(
 
     Like transformers' own `save_pretrained`, each tied tensor is written once.
     """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    tied = list(_EMBEDDING_ALIASES[1:]) + ([_LM_HEAD] if config.tie_embeddings else [])
     state = export_t5(params, config)
-    tied = list(_EMBEDDING_ALIASES[1:])
-    if config.tie_embeddings:
-        tied.append(_LM_HEAD)
-    for key in tied:
-        del state[key]
-    save_safetensors(state, directory / "model.safetensors")
-    config_json = json.dumps(hf_config_dict(config), indent=2, sort_keys=True)
-    (directory / "config.json").write_text(config_json + "\n")
+    write_hf_checkpoint(state, hf_config_dict(config), directory, tied_keys=tied)
