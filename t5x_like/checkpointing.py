@@ -36,13 +36,18 @@ class Checkpointer:
         max_to_keep: int = 3,
         save_interval_steps: int = 1,
         async_save: bool = True,
+        read_only: bool = False,
     ):
+        """`read_only`: for readers of another run's checkpoints (fine-tuning, evaluation,
+        inference), which must never save into or prune them."""
         self.directory = os.path.abspath(os.path.expanduser(directory))
+        # Orbax warns when read_only overrides these; pass what read_only implies.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            save_interval_steps=save_interval_steps,
-            enable_async_checkpointing=async_save,
-            create=True,
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else save_interval_steps,
+            enable_async_checkpointing=async_save and not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory,

@@ -63,7 +63,7 @@ def restore_run(
     """
     directory = checkpoint_dir(workdir)
     devices = list(jax.devices() if devices is None else devices)
-    checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+    checkpointer = checkpointing.Checkpointer(directory, read_only=True)
     try:
         step = checkpointer.resolve_step(step)
         enable_compilation_cache(cfg.train.get("compilation_cache_dir", ""))

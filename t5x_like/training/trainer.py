@@ -101,7 +101,7 @@ def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: A
             f"train.init_from={train_cfg.init_from!r}: no such checkpoint directory. Point it at "
             "a pretraining workdir or its checkpoints/ directory."
         )
-    source = checkpointing.Checkpointer(directory, async_save=False)
+    source = checkpointing.Checkpointer(directory, read_only=True)
     try:
         params = source.restore_params(train_cfg.init_step, abstract_params)
     finally:

@@ -47,6 +47,16 @@ def _finetune_config(data_dir, init_from, **overrides):
     return cfg
 
 
+def _tree_snapshot(directory):
+    """(path, size, mtime) of every file under `directory`."""
+    return sorted(
+        (os.path.join(root, name), os.stat(os.path.join(root, name)).st_size,
+         os.stat(os.path.join(root, name)).st_mtime_ns)
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+
+
 @pytest.fixture(scope="module")
 def pretrained(corpus_dir, tmp_path_factory):
     """A 4-step span-corruption run on the corpus; returns its workdir."""
@@ -83,8 +93,10 @@ def test_finetuning_starts_from_pretrained_params_and_decodes(corpus_dir, pretra
     # Fresh optimizer: Adam's moments are zero, its count 0.
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))
 
+    before = _tree_snapshot(pretrained)
     workdir = str(tmp_path / "finetune")
     result = trainer.train(cfg, workdir)
+    assert _tree_snapshot(pretrained) == before  # The pretraining run is only read.
     evals = read_metrics(workdir, "eval")
     assert sorted(evals) == [0, 2]
     for key in ("decode_accuracy", "decode_exact_match", "decode_bleu"):
