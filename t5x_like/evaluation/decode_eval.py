@@ -15,6 +15,7 @@ import numpy as np
 
 from t5x_like import decoding, partitioning
 from t5x_like.evaluation import metrics
+from t5x_like.training import experiment
 
 
 def jit_decode(exp: Any, param_shardings: Any) -> Any:
@@ -38,16 +39,17 @@ def jit_decode(exp: Any, param_shardings: Any) -> Any:
 
 
 def evaluate_decodes(
-    exp: Any, decode_fn: Any, params: Any, local_batches: Any
+    exp: Any, decode_fn: Any, params: Any
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """({decode_accuracy, decode_exact_match, decode_bleu, decode_examples}, examples).
+    """({decode_accuracy, decode_exact_match, decode_bleu, decode_examples}, examples) over
+    the eval split's first train.decode_batches batches, one example per row.
 
     Rows whose targets are all padding (eval top-up rows) are skipped.
     """
     predictions: list[str] = []
     references: list[str] = []
     inputs: list[str] = []
-    for local_batch in local_batches:
+    for local_batch in experiment.make_eval_iterator(exp, for_decoding=True):
         batch = partitioning.global_batch(local_batch, exp.batch_sharding)
         outputs, targets, encoder_inputs = jax.device_get(decode_fn(params, batch))
         for out, tgt, enc in zip(outputs, targets, encoder_inputs, strict=True):

@@ -154,8 +154,7 @@ def evaluate_checkpoint(
         metrics = experiment.evaluate(exp, eval_step, params)
         if cfg.train.get("decode_batches", 0):
             decode_fn = decode_eval.jit_decode(exp, run.param_shardings)
-            batches = experiment.make_eval_iterator(exp, for_decoding=True)
-            scores, examples = decode_eval.evaluate_decodes(exp, decode_fn, params, batches)
+            scores, examples = decode_eval.evaluate_decodes(exp, decode_fn, params)
             metrics.update(scores)
     end = time.perf_counter()
 

@@ -26,7 +26,6 @@ from t5x_like.training.experiment import (
     evaluate,
     init_state,
     jit_steps,
-    make_eval_iterator,
     make_train_iterator,
     state_shardings,
 )
@@ -159,8 +158,7 @@ def _eval_and_log(
     """Teacher-forced metrics, plus decoded-text metrics when train.decode_batches > 0."""
     metrics = evaluate(exp, steps["eval"], state.params)
     if "decode" in steps:
-        batches = make_eval_iterator(exp, for_decoding=True)
-        scores, examples = decode_eval.evaluate_decodes(exp, steps["decode"], state.params, batches)
+        scores, examples = decode_eval.evaluate_decodes(exp, steps["decode"], state.params)
         metrics.update(scores)
         if examples and jax.process_index() == 0:
             path = os.path.join(workdir, "decodes", f"step_{step}.jsonl")
@@ -198,6 +196,18 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
         max_to_keep=train_cfg.max_to_keep,
         async_save=train_cfg.async_checkpoint,
     )
+    # Closed however the run ends: pending async saves finish and no writer thread is left.
+    try:
+        return _train_loop(exp, checkpointer, workdir)
+    finally:
+        checkpointer.close()
+
+
+def _train_loop(
+    exp: Experiment, checkpointer: checkpointing.Checkpointer, workdir: str
+) -> dict[str, Any]:
+    """Restores or initialises the state, then trains, logs, evaluates and checkpoints."""
+    train_cfg = exp.cfg.train
     train_iter = make_train_iterator(exp)
     state = _restore_or_init(exp, checkpointer, train_iter)
     start_step = int(jax.device_get(state.step))
@@ -243,7 +253,6 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
                 throughput.reset()
             if _due(done, train_cfg.checkpoint_every, train_cfg.steps):
                 checkpointer.save(done, state, train_iter)
-    checkpointer.close()
     writer.close()
     logging.info(
         "Done: step %d in %.1fs; outputs in %s.",
