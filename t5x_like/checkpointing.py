@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from t5x_like.config import ConfigError
+from t5x_like.partitioning import path_names
 from t5x_like.training.train_state import TrainState
 
 
@@ -24,6 +25,10 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+def _flat_with_paths(tree: Any) -> list[tuple[Any, Any]]:
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
 
 
 class Checkpointer:
@@ -115,6 +120,7 @@ class Checkpointer:
           ConfigError: the saved params do not fit `abstract_params` (another model shape).
         """
         step = self.resolve_step(step)
+        self._check_param_shapes(step, abstract_params)
         item = {"params": abstract_params}
         restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
         args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
@@ -126,6 +132,32 @@ class Checkpointer:
                 "model settings (and vocabulary) of the run that saved them."
             ) from e
         return restored["state"]["params"]
+
+    def _check_param_shapes(self, step: int, abstract_params: Any) -> None:
+        """ConfigError naming the params whose saved shapes differ from the model's, read from
+        the checkpoint's metadata before any array is."""
+        path = os.path.join(self.directory, str(step), "state")
+        metadata = ocp.StandardCheckpointer().metadata(path)
+        tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+        if not isinstance(tree, dict) or "params" not in tree:
+            return  # Not our layout: the restore itself reports what it finds.
+        saved, wanted = (
+            {"/".join(path_names(p)): tuple(x.shape) for p, x in _flat_with_paths(t)}
+            for t in (tree["params"], abstract_params)
+        )
+        problems = [
+            f"{name}: saved {saved.get(name, 'nothing')}, model {shape}"
+            for name, shape in wanted.items()
+            if saved.get(name) != shape
+        ] + [f"{name}: saved {shape}, not in the model" for name, shape in saved.items()
+             if name not in wanted]
+        if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ConfigError(
+                f"The params of {self.directory}/{step} do not fit this model "
+                f"({'; '.join(problems[:5])}{more}). Use the model settings (and vocabulary) of "
+                "the run that saved them."
+            )
 
     def wait_until_finished(self) -> None:
         """Blocks until pending async saves are on disk."""

@@ -114,7 +114,9 @@ def test_init_from_errors_name_the_field(corpus_dir, pretrained, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train.init_from=.*nowhere"):
         trainer.train(missing, str(tmp_path / "a"))
     wider = _finetune_config(corpus_dir, pretrained, **{"model.mlp_dim": 96})
-    with pytest.raises(ConfigError, match=r"do not fit this model"):
+    # Found from the checkpoint's metadata, naming the param and both shapes.
+    mismatch = r"do not fit this model \(.*mlp/wi_0/kernel: saved \(32, 64\), model \(32, 96\)"
+    with pytest.raises(ConfigError, match=mismatch):
         trainer.train(wider, str(tmp_path / "b"))
     wrong_step = _finetune_config(corpus_dir, pretrained, **{"train.init_step": 3})
     with pytest.raises(FileNotFoundError, match=r"No checkpoint for step 3.*steps: \[4\]"):
