@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "ml_collections~=1.1.0",
     "tensorboardX~=2.6.2",
     "sacrebleu~=2.5",
+    "matplotlib~=3.11",  # Training-curve and sweep plots (PNG, Agg backend).
     "numpy>=1.26,<3",
 ]
 
