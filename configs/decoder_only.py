@@ -32,10 +32,15 @@ def get_config() -> config_dict.ConfigDict:
     c.model.scale_tied_logits = True  # Tied head: logits * d_model**-0.5 (GPT-2: False).
     c.model.use_bias = False
     c.model.dropout_rate = 0.0
+    # Mixed precision: dtype="bfloat16" computes activations and matmuls in bf16 while params,
+    # gradients and optimizer state stay in param_dtype (keep float32); the loss is always f32.
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.scan_layers = False  # True: one nn.scan over stacked layer params ("layers" axis).
-    c.model.remat = "none"  # none | full | dots (recompute activations in the backward pass)
+    # Recompute activations in the backward pass: none | full | dots | dots_saveable |
+    # dots_with_no_batch_dims_saveable | nothing_saveable | everything_saveable | save_qkv_proj
+    # (layers/config.py REMAT_POLICIES).
+    c.model.remat = "none"
 
     c.data = config_dict.ConfigDict()
     c.data.task = "causal_lm"  # Decoder-only rows; see configs/t5.py for encoder-decoder tasks.
@@ -51,10 +56,18 @@ def get_config() -> config_dict.ConfigDict:
     c.data.vocab_dataset = config_dict.placeholder(str)
     c.data.vocab_size = 2048
     c.data.extra_ids = 0  # T5 sentinel ids appended to the vocabulary.
+    # Logical data shards of the training batch (train.batch_size must be a multiple): the
+    # batches depend on (seed, step, num_shards) only, so any process count dividing it
+    # trains on the same data and resumes from the same checkpoint. None: the largest of
+    # 8, 4, 2, 1 dividing the batch size; 1: the single-pipeline order of older versions.
+    c.data.num_shards = config_dict.FieldReference(8, field_type=int)
 
     c.train = config_dict.ConfigDict()
     c.train.steps = 400
     c.train.batch_size = 16  # Global, across all processes.
+    # Gradient accumulation: the batch is split into this many micro-batches inside the step;
+    # one optimizer update on their summed gradients (same result as the whole batch at once).
+    c.train.microbatches = 1
     c.train.log_every = 25
     c.train.eval_every = 100
     c.train.eval_batches = 16  # Per eval; 0 means the whole split.
@@ -62,6 +75,11 @@ def get_config() -> config_dict.ConfigDict:
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 3
     c.train.async_checkpoint = True
+    # A non-finite loss or grad norm: "stop" the run (the bad state is never saved) or
+    # "skip" that update (optax.apply_if_finite; changes the optimizer-state layout).
+    c.train.nan_policy = "stop"
+    # Resume even if model-shaping fields differ from the workdir's config.json.
+    c.train.allow_config_change = False
     c.train.z_loss = 1e-4
     c.train.label_smoothing = 0.0
     # Fine-tuning: start from the params (not the optimizer) of a checkpoint directory
@@ -92,16 +110,10 @@ def get_config() -> config_dict.ConfigDict:
 
     # Logical axis -> mesh axes. Earlier rules win when two logical axes want the same mesh axis.
     c.partitioning = config_dict.ConfigDict()
-    c.partitioning.rules = (
-        ("batch", ("data", "fsdp")),
-        ("vocab", "tensor"),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("kv_heads", "tensor"),
-        ("mlp", "tensor"),
-        ("kv", None),
-        ("layers", None),
-        ("length", None),
-        ("abs_length", None),
-    )
+    # dp | fsdp | tp | fsdp_tp | custom: which parameters and activations are sharded over which
+    # mesh axes (t5x_like/partitioning.py PRESETS). fsdp_tp: batch over (data, fsdp), embed over
+    # fsdp, heads/kv_heads/mlp/vocab over tensor. "custom" uses partitioning.rules below instead:
+    # (logical axis, mesh axes) pairs, e.g. (("batch", ("data", "fsdp")), ("embed", "fsdp"), ...).
+    c.partitioning.preset = "fsdp_tp"
+    c.partitioning.rules = config_dict.placeholder(tuple)
     return c

@@ -60,10 +60,12 @@ def model_config(size: str = "tiny", variant: str = "v1_1") -> config_dict.Confi
     m.scale_tied_logits = True  # Tied head: logits * d_model**-0.5 (GPT-2: False).
     m.use_bias = False
     m.dropout_rate = 0.0  # T5 v1.1 pretrains without dropout; fine-tuning uses 0.1.
+    # Mixed precision: dtype="bfloat16" computes in bf16; params, gradients and optimizer state
+    # stay in param_dtype (keep float32); the loss is always computed in float32.
     m.dtype = "float32"
     m.param_dtype = "float32"
     m.scan_layers = False
-    m.remat = "none"
+    m.remat = "none"  # Recompute activations in the backward pass: layers/config.py policies.
     m.update(SIZES[size])
     m.update(VARIANTS[variant])
     return m
@@ -99,10 +101,16 @@ def get_config(arg: str = "tiny") -> config_dict.ConfigDict:
     c.data.vocab_dataset = config_dict.placeholder(str)
     c.data.vocab_size = 2048
     c.data.extra_ids = 100  # Sentinels <extra_id_0..99>, as in T5's vocabulary.
+    # Logical data shards of the training batch (train.batch_size must be a multiple): the
+    # batches depend on (seed, step, num_shards) only, so any process count dividing it
+    # trains on the same data and resumes from the same checkpoint. None: the largest of
+    # 8, 4, 2, 1 dividing the batch size; 1: the single-pipeline order of older versions.
+    c.data.num_shards = config_dict.FieldReference(8, field_type=int)
 
     c.train = config_dict.ConfigDict()
     c.train.steps = 400
     c.train.batch_size = 16
+    c.train.microbatches = 1  # Gradient accumulation over this many micro-batches per step.
     c.train.log_every = 25
     c.train.eval_every = 100
     c.train.eval_batches = 16
@@ -111,6 +119,11 @@ def get_config(arg: str = "tiny") -> config_dict.ConfigDict:
     c.train.checkpoint_every = 100
     c.train.max_to_keep = 3
     c.train.async_checkpoint = True
+    # A non-finite loss or grad norm: "stop" the run (the bad state is never saved) or
+    # "skip" that update (optax.apply_if_finite; changes the optimizer-state layout).
+    c.train.nan_policy = "stop"
+    # Resume even if model-shaping fields differ from the workdir's config.json.
+    c.train.allow_config_change = False
     c.train.z_loss = 1e-4
     c.train.label_smoothing = 0.0
     c.train.init_from = config_dict.placeholder(str)
@@ -135,18 +148,10 @@ def get_config(arg: str = "tiny") -> config_dict.ConfigDict:
     c.mesh.tensor = 1
 
     c.partitioning = config_dict.ConfigDict()
-    c.partitioning.rules = (
-        ("batch", ("data", "fsdp")),
-        ("vocab", "tensor"),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("kv_heads", "tensor"),
-        ("mlp", "tensor"),
-        ("kv", None),
-        ("layers", None),
-        ("length", None),
-        ("kv_length", None),
-        ("abs_length", None),
-        ("relpos_buckets", None),
-    )
+    # dp | fsdp | tp | fsdp_tp | custom: which parameters and activations are sharded over which
+    # mesh axes (t5x_like/partitioning.py PRESETS). fsdp_tp: batch over (data, fsdp), embed over
+    # fsdp, heads/kv_heads/mlp/vocab over tensor. "custom" uses partitioning.rules below instead:
+    # (logical axis, mesh axes) pairs, e.g. (("batch", ("data", "fsdp")), ("embed", "fsdp"), ...).
+    c.partitioning.preset = "fsdp_tp"
+    c.partitioning.rules = config_dict.placeholder(tuple)
     return c

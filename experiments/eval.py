@@ -13,17 +13,23 @@ Only the params are restored (never the optimizer state), straight into this mes
 Reports loss, cross-entropy, perplexity and token accuracy over the split, plus accuracy, exact
 match and BLEU of greedily decoded text with --decode_batches > 0 (encoder-decoder runs). The
 JSON report goes to --output (default <workdir>/eval/step_<N>.json), decodes next to it.
+In a multi-process job (the flags of t5x_like/distributed.py) every process evaluates its
+share of each batch and process 0 writes the report.
 """
 
 import sys
 
+import jax
 from absl import app, flags
 
+from t5x_like import distributed
 from t5x_like.config import ConfigError
 from t5x_like.evaluation import evaluator
 from t5x_like.log_setup import setup_logging
 from t5x_like.workdir_flags import WorkdirConfig
 
+# The multi-process flags (t5x_like/distributed.py) belong in this script's --help too.
+flags.adopt_module_key_flags(distributed)
 _RUN = WorkdirConfig("A training workdir (config.json and checkpoints/) to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _SPLIT = flags.DEFINE_string(
@@ -50,6 +56,8 @@ _OUTPUT = flags.DEFINE_string(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Before anything touches JAX devices: a multi-process job must be joined first.
+    distributed.initialize_from_flags()
     setup_logging()
     try:
         report = evaluator.evaluate_checkpoint(
@@ -63,7 +71,8 @@ def main(argv: list[str]) -> None:
         )
     except (FileNotFoundError, ConfigError) as e:
         sys.exit(f"Error: {e}")
-    print(evaluator.format_summary(report))
+    if jax.process_index() == 0:  # Every process computed the same report.
+        print(evaluator.format_summary(report))
 
 
 if __name__ == "__main__":

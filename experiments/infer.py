@@ -12,20 +12,24 @@ Decoder-only runs continue each prompt; encoder-decoder runs read it as the enco
 are printed and written as JSONL ({"prompt", "output", "score", "tokens"}) to --output
 (default <workdir>/infer/step_<N>.jsonl). Only the params are restored, onto this run's mesh.
 The config is the run's own config.json unless --config names another file; any field can be
-overridden with --config.<section>.<field>=value.
+overridden with --config.<section>.<field>=value. In a multi-process job (the flags of
+t5x_like/distributed.py) every process decodes its rows of each batch and process 0 writes.
 """
 
 import os
 import sys
 
+import jax
 from absl import app, flags
 
-from t5x_like import decoding
+from t5x_like import decoding, distributed
 from t5x_like.evaluation import decode_eval, restore
 from t5x_like.inference import generate_text, read_prompts
 from t5x_like.log_setup import setup_logging
 from t5x_like.workdir_flags import WorkdirConfig
 
+# The multi-process flags (t5x_like/distributed.py) belong in this script's --help too.
+flags.adopt_module_key_flags(distributed)
 _RUN = WorkdirConfig("A training workdir (config.json and checkpoints/) to generate with.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for more.")
@@ -53,6 +57,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed: the same seed gives the 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Before anything touches JAX devices: a multi-process job must be joined first.
+    distributed.initialize_from_flags()
     setup_logging()
     try:
         config = decoding.DecodeConfig(
@@ -70,6 +76,8 @@ def main(argv: list[str]) -> None:
         results = generate_text(run, prompts, config, batch_size=_BATCH_SIZE.value)
     except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError.
         sys.exit(f"Error: {e}")
+    if jax.process_index() != 0:  # Every process has all the results; one writes them.
+        return
     output = _OUTPUT.value or os.path.join(run.workdir, "infer", f"step_{run.step}.jsonl")
     decode_eval.write_jsonl(output, results)
     for result in results:

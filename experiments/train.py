@@ -11,19 +11,21 @@ TensorBoard event files under tensorboard/.
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from t5x_like import distributed
+from t5x_like.cli import ConfigFlag
 from t5x_like.log_setup import setup_logging
 from t5x_like.training import trainer
 
+# The multi-process flags (t5x_like/distributed.py) belong in this script's --help too.
+flags.adopt_module_key_flags(distributed)
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "decoder_only.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
+# Defined while parsing (ConfigFlag.parse): a misspelt override is a one-line error.
+_CONFIG = ConfigFlag(
     os.path.normpath(_DEFAULT_CONFIG),
-    "Experiment config file (a configs/*.py with get_config()); override any field with "
-    "--config.<section>.<field>=value.",
-    lock_config=True,
+    "Experiment config file (configs/*.py[:arg], see configs/README.md); default: "
+    "configs/decoder_only.py. Override any field with --config.<section>.<field>=value.",
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and config.json; reused to resume."
@@ -34,9 +36,11 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Before anything touches JAX devices: a multi-process job must be joined first.
+    distributed.initialize_from_flags()
     setup_logging()
     trainer.train(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_CONFIG.parse)

@@ -4,19 +4,36 @@ A checkpoint `<workdir>/checkpoints/<step>/` holds `state` (params, optimizer st
 and `data_iterator` (the grain iterator's JSON state), so a resumed run continues exactly where
 the saved one was. Restoring takes abstract arrays with shardings, so a checkpoint lands directly
 on whatever mesh the restoring run has.
+
+Faults the writer handles, so that nothing trained is lost:
+- a save that crashed midway leaves `<step>.orbax-checkpoint-tmp*`, which Orbax ignores when
+  listing steps; the writer removes them on start (Orbax's `cleanup_tmp_directories`, off by
+  default in 0.12.8) and logs them;
+- an unreadable newest checkpoint (garbled or truncated files, missing items) is moved aside to
+  `<step>.corrupt-<time>` (Orbax ignores that name; nothing is deleted) and the newest readable
+  one is restored (`restore_latest`); moving it aside also keeps Orbax from skipping every save
+  up to that step and from pruning the good checkpoints;
+- an async save that fails in the background is raised as `CheckpointSaveError` by the next
+  `check_for_errors` / `save` / `wait_until_finished`, naming the step, the directory and the
+  step a relaunch resumes from.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import time
 from typing import Any
 
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from t5x_like.config import ConfigError
 from t5x_like.partitioning import path_names
+from t5x_like.training.collectives import any_process
 from t5x_like.training.train_state import TrainState
 
 
@@ -29,6 +46,41 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 def _flat_with_paths(tree: Any) -> list[tuple[Any, Any]]:
     return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def _shape_problems(saved_tree: Any, wanted_tree: Any) -> list[str]:
+    """'name: saved A, model B' for each leaf whose saved shape differs or is missing."""
+    saved, wanted = (
+        {"/".join(path_names(p)): tuple(x.shape) for p, x in _flat_with_paths(t)}
+        for t in (saved_tree, wanted_tree)
+    )
+    return [
+        f"{name}: saved {saved.get(name, 'nothing')}, model {shape}"
+        for name, shape in wanted.items()
+        if saved.get(name) != shape
+    ] + [f"{name}: saved {shape}, not in the model" for name, shape in saved.items()
+         if name not in wanted]
+
+
+def _summarize(problems: list[str]) -> str:
+    more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+    return f"{'; '.join(problems[:5])}{more}"
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint save failed (often in the background): the run cannot go on safely."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint in the directory can be read."""
+
+
+# Errors that say nothing about the checkpoint itself: never a reason to move one aside.
+_NOT_CORRUPTION = (MemoryError, ConfigError)
+
+
+def _says_nothing_about_the_checkpoint(error: Exception) -> bool:
+    return isinstance(error, _NOT_CORRUPTION) or "RESOURCE_EXHAUSTED" in str(error)
 
 
 class Checkpointer:
@@ -46,6 +98,10 @@ class Checkpointer:
         """`read_only`: for readers of another run's checkpoints (fine-tuning, evaluation,
         inference), which must never save into or prune them."""
         self.directory = os.path.abspath(os.path.expanduser(directory))
+        self._pending: int | None = None  # Step of the save that may still be running.
+        self._failed = False  # A save error was raised already (close must not raise it).
+        if not read_only:
+            self._log_unfinished_saves()
         # Orbax warns when read_only overrides these; pass what read_only implies.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else max_to_keep,
@@ -53,12 +109,25 @@ class Checkpointer:
             enable_async_checkpointing=async_save and not read_only,
             create=not read_only,
             read_only=read_only,
+            cleanup_tmp_directories=not read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=options,
             item_names=("state", "data_iterator"),
         )
+
+    def _log_unfinished_saves(self) -> None:
+        """Logs the tmp dirs of saves that never committed; Orbax removes them on start."""
+        if jax.process_index() != 0:
+            return
+        leftovers = sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
+        if leftovers:
+            logging.warning(
+                "Removing %d unfinished checkpoint save(s) left by an interrupted run: %s.",
+                len(leftovers),
+                ", ".join(os.path.basename(p) for p in leftovers),
+            )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -73,17 +142,66 @@ class Checkpointer:
 
         Steps that already have a checkpoint are never overwritten.
         """
+        # The previous async save must have succeeded before this one counts on it (Orbax
+        # would raise its error from inside save(), attributed to the wrong step).
+        self._finish_pending(block=True)
         if step in self._manager.all_steps():
             return False
         items = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
         if data_iterator is not None:
             items["data_iterator"] = ocp.args.JsonSave(data_iterator.get_state())
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # noqa: BLE001 - any failure to write is reported alike.
+            raise self._save_error(step, e) from e
+        if started:
+            self._pending = step
+        return started
+
+    def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
+        self._failed = True
+        self._manager.reload()  # The failed step is not a checkpoint.
+        latest = self._manager.latest_step()
+        resume = f"step {latest}" if latest is not None else "scratch (no checkpoint yet)"
+        return CheckpointSaveError(
+            f"Checkpoint save of step {step} to {self.directory} failed: "
+            f"{type(error).__name__}: {error}. Free disk space / check the permissions of "
+            f"{self.directory} and relaunch: training resumes from {resume}."
+        )
+
+    def _finish_pending(self, block: bool) -> None:
+        """Raises CheckpointSaveError if the pending save failed; `block`: wait for it."""
+        if self._pending is None:
+            return
+        if not block and self._manager.is_saving_in_progress():
+            return
+        step, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - Orbax re-raises the writer thread's error.
+            raise self._save_error(step, e) from e
+
+    def check_for_errors(self) -> None:
+        """Raises CheckpointSaveError when the last async save has failed; never blocks.
+
+        Cheap enough for every step (a flag read). Single-process runs only: the processes of
+        a multi-process run could see the background save end at different steps and then
+        disagree on stopping, so there a failure surfaces at the next `save` (which all of
+        them call at the same step) or at `close`.
+        """
+        if jax.process_count() == 1:
+            self._finish_pending(block=False)
 
     def restore(
         self, step: int, abstract_state: TrainState, data_iterator: Any = None
     ) -> TrainState:
-        """Restores `step` onto the shardings in `abstract_state` (and positions the iterator)."""
+        """Restores `step` onto the shardings in `abstract_state` (and positions the iterator).
+
+        Raises:
+          ConfigError: the saved state does not fit `abstract_state` (another model/optimizer),
+            found from the checkpoint's metadata before any array is read.
+        """
+        self._check_state_fits(step, abstract_state)
         items = {
             "state": ocp.args.StandardRestore(flax.serialization.to_state_dict(abstract_state))
         }
@@ -94,6 +212,85 @@ class Checkpointer:
         if data_iterator is not None:
             data_iterator.set_state(restored["data_iterator"])
         return state
+
+    def _check_state_fits(self, step: int, abstract_state: TrainState) -> None:
+        path = os.path.join(self.directory, str(step), "state")
+        metadata = ocp.StandardCheckpointer().metadata(path)
+        tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+        if not isinstance(tree, dict):
+            return  # Not our layout: the restore itself reports what it finds.
+        problems = _shape_problems(tree, flax.serialization.to_state_dict(abstract_state))
+        if problems:
+            raise ConfigError(
+                f"The checkpoint {self.directory}/{step} does not fit this run's model and "
+                f"optimizer ({_summarize(problems)}). Resume with the config that saved it "
+                f"(--config=configs/saved_run.py:<workdir>) or use a new --workdir."
+            )
+
+    def restore_latest(
+        self, abstract_state: TrainState, data_iterator: Any = None
+    ) -> tuple[int, TrainState] | None:
+        """(step, state) of the newest readable checkpoint; None when there is none at all.
+
+        Newer checkpoints that cannot be read are moved aside to `<step>.corrupt-<time>` with a
+        warning naming them and the error. If none can be read, nothing is moved.
+
+        Raises:
+          CorruptCheckpointError: no checkpoint is readable (the message lists each error).
+          ConfigError: a readable checkpoint does not fit `abstract_state`.
+        """
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+                error = None
+            except Exception as e:  # noqa: BLE001 - whatever a damaged file makes Orbax raise.
+                if _says_nothing_about_the_checkpoint(e):  # Out of memory, another model.
+                    raise
+                error = f"{type(e).__name__}: {str(e)[:300]}"
+            # All processes must agree that the step is usable (multi-process runs).
+            if not any_process(error is not None):
+                self._move_aside(failures)
+                return step, state
+            error = error or "unreadable on another process"
+            failures.append((step, error))
+            logging.warning(
+                "Checkpoint %s/%d is unreadable (%s); trying the one before.",
+                self.directory,
+                step,
+                error,
+            )
+        if failures:
+            raise CorruptCheckpointError(
+                f"No checkpoint in {self.directory} can be restored: "
+                + "; ".join(f"step {s}: {e}" for s, e in failures)
+                + ". If they are damaged, move them out of the way (or use a new --workdir) to "
+                "start afresh; nothing was moved or deleted."
+            )
+        return None
+
+    def _move_aside(self, failures: list[tuple[int, str]]) -> None:
+        """Renames unreadable steps to `<step>.corrupt-<time>` (process 0), for inspection."""
+        if not failures:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for step, error in failures:
+            source = os.path.join(self.directory, str(step))
+            target = f"{source}.corrupt-{stamp}"
+            if jax.process_index() == 0:
+                shutil.move(source, target)
+            logging.warning(
+                "Checkpoint %s is unreadable (%s); moved it aside to %s and resuming from the "
+                "newest readable checkpoint.",
+                source,
+                error,
+                target,
+            )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("t5x_like:checkpoints_moved_aside")
+        self._manager.reload()
 
     def resolve_step(self, step: int | None) -> int:
         """`step` if it has a checkpoint, the latest one when None; else FileNotFoundError
@@ -141,28 +338,27 @@ class Checkpointer:
         tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
         if not isinstance(tree, dict) or "params" not in tree:
             return  # Not our layout: the restore itself reports what it finds.
-        saved, wanted = (
-            {"/".join(path_names(p)): tuple(x.shape) for p, x in _flat_with_paths(t)}
-            for t in (tree["params"], abstract_params)
-        )
-        problems = [
-            f"{name}: saved {saved.get(name, 'nothing')}, model {shape}"
-            for name, shape in wanted.items()
-            if saved.get(name) != shape
-        ] + [f"{name}: saved {shape}, not in the model" for name, shape in saved.items()
-             if name not in wanted]
+        problems = _shape_problems(tree["params"], abstract_params)
         if problems:
-            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
             raise ConfigError(
                 f"The params of {self.directory}/{step} do not fit this model "
-                f"({'; '.join(problems[:5])}{more}). Use the model settings (and vocabulary) of "
+                f"({_summarize(problems)}). Use the model settings (and vocabulary) of "
                 "the run that saved them."
             )
 
     def wait_until_finished(self) -> None:
-        """Blocks until pending async saves are on disk."""
+        """Blocks until pending async saves are on disk; CheckpointSaveError if one failed."""
+        self._finish_pending(block=True)
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and closes; a failed save raises CheckpointSaveError, unless
+        one was raised already (closing after that error must not mask it)."""
+        try:
+            self.wait_until_finished()
+        except Exception:
+            if not self._failed:
+                raise
+            logging.exception("Closing %s after a failed save.", self.directory)
+        finally:
+            self._manager.close()

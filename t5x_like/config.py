@@ -17,6 +17,7 @@ from t5x_like.layers import config as layer_config
 
 FAMILIES = ("decoder_only", "encoder_decoder")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
+NAN_POLICIES = ("stop", "skip")  # What a non-finite loss or gradient norm does to a run.
 SCHEDULES = ("cosine", "rsqrt", "constant")
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -32,6 +33,66 @@ def _require(ok: bool, message: str) -> None:
 
 def _check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
     _require(value in choices, f"{field}={value!r} is not supported; choose one of {choices}.")
+
+
+# The type of each field validate_config reads. ml_collections refuses an override of another
+# type, but not a field first written with the wrong type in a config file, nor one saved as null
+# in config.json (configs/saved_run.py accepts any type there). None is left to the range checks
+# below, since several fields are optional.
+_INT, _NUMBER, _BOOL, _STR = "an integer", "a number", "True or False", "a string"
+_FIELD_TYPES = {
+    "": {_INT: "seed", _STR: "name"},
+    "model": {
+        _INT: "vocab_size d_model num_layers num_decoder_layers num_heads num_kv_heads head_dim "
+        "mlp_dim max_len relative_attention_num_buckets relative_attention_max_distance",
+        _NUMBER: "norm_eps rope_theta dropout_rate",
+        _BOOL: "tie_embeddings scale_tied_logits use_bias scan_layers scale_attention_logits",
+        _STR: "family activation norm norm_position position dtype param_dtype remat",
+    },
+    "data": {
+        _INT: "seq_len inputs_len targets_len vocab_size extra_ids",
+        _NUMBER: "noise_density mean_noise_span_length",
+        _BOOL: "pack",
+        _STR: "task dataset data_dir train_split eval_split text_key inputs_key targets_key "
+        "inputs_prefix vocab_path vocab_dataset",
+    },
+    "train": {
+        _INT: "steps batch_size log_every eval_every eval_batches checkpoint_every max_to_keep "
+        "decode_batches init_step",
+        _NUMBER: "z_loss label_smoothing",
+        _BOOL: "eval_at_start async_checkpoint",
+        _STR: "init_from compilation_cache_dir",
+    },
+    "optimizer": {
+        _INT: "warmup_steps",
+        _NUMBER: "learning_rate end_lr_fraction weight_decay b1 b2 eps grad_clip_norm",
+        _STR: "name schedule",
+    },
+    "mesh": {_INT: "data fsdp tensor"},
+}
+_IS_TYPE = {
+    _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    _NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    _BOOL: lambda v: isinstance(v, bool),
+    _STR: lambda v: isinstance(v, str),
+}
+
+
+def check_field_types(cfg: Any) -> None:
+    """ConfigError for the first known field whose value has the wrong type (None passes)."""
+    for section_name, kinds in _FIELD_TYPES.items():
+        section = cfg[section_name] if section_name else cfg
+        if not hasattr(section, "get"):
+            continue
+        for kind, names in kinds.items():
+            for name in names.split():
+                value = section.get(name)
+                field = f"{section_name}.{name}".lstrip(".")
+                _require(
+                    value is None or _IS_TYPE[kind](value),
+                    f"{field}={value!r} is a {type(value).__name__}, but it must be {kind}: fix "
+                    f"the config file, or override it with --config.{field}=<{kind}>.",
+                )
 
 
 def _check_positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
@@ -52,7 +113,11 @@ def resolve_mesh_shape(mesh_cfg: Any, device_count: int) -> dict[str, int]:
             f"mesh.{axis}={size!r} must be a positive integer or -1 (all remaining devices).",
         )
     free = [axis for axis, size in sizes.items() if size == -1]
-    _require(len(free) <= 1, f"Only one mesh axis may be -1, got {free}.")
+    _require(
+        len(free) <= 1,
+        f"Only one mesh axis may be -1 (all remaining devices), got {free}: give every other "
+        "mesh.data/fsdp/tensor a positive size.",
+    )
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if free:
         _require(
@@ -147,16 +212,55 @@ def _validate_model(m: Any, seq_len: int, seq_len_field: str) -> None:
         )
     head_dim = m.head_dim or m.d_model // m.num_heads
     if m.position == "rope":
-        _require(head_dim % 2 == 0, f"RoPE needs an even head dim, got {head_dim}.")
+        _require(
+            head_dim % 2 == 0,
+            f"model.position='rope' needs an even head dim (it rotates pairs of dims), but "
+            f"model.head_dim (or model.d_model / model.num_heads) is {head_dim}: make it even "
+            "or choose another model.position.",
+        )
     if m.position == "learned":
         _require(
             seq_len <= m.max_len,
             f"{seq_len_field}={seq_len} exceeds model.max_len={m.max_len} of the learned "
             f"position table: raise model.max_len or lower {seq_len_field}.",
         )
-    _require(0.0 <= m.dropout_rate < 1.0, f"model.dropout_rate={m.dropout_rate} not in [0, 1).")
+    _require(
+        0.0 <= m.dropout_rate < 1.0,
+        f"model.dropout_rate={m.dropout_rate} must be in [0, 1): the fraction of activations "
+        "dropped in training (0 disables dropout; T5 fine-tunes with 0.1).",
+    )
     if m.vocab_size is not None:
         _check_positive(m, "model", ("vocab_size",))
+
+
+def resolve_num_shards(cfg: Any, process_count: int = 1) -> int:
+    """data.num_shards, the logical data shards of the training batch (None, or a config
+    without the field: the largest of 8, 4, 2, 1 dividing train.batch_size), checked against
+    the batch size and the process count (t5x_like/data/sharded_iterator.py)."""
+    from t5x_like.data import sharded_iterator
+
+    batch_size = cfg.train.batch_size
+    num_shards = cfg.data.get("num_shards", None)
+    if num_shards is None:
+        num_shards = sharded_iterator.auto_num_shards(batch_size)
+    _require(
+        isinstance(num_shards, int) and not isinstance(num_shards, bool) and num_shards > 0,
+        f"data.num_shards={num_shards!r} must be a positive integer or None (auto).",
+    )
+    _require(
+        batch_size % num_shards == 0,
+        f"train.batch_size={batch_size} is not divisible by data.num_shards={num_shards}: each "
+        "logical data shard makes train.batch_size / data.num_shards rows per step. Use a batch "
+        "size that is a multiple of data.num_shards, or fewer shards.",
+    )
+    _require(
+        num_shards % process_count == 0,
+        f"data.num_shards={num_shards} is not divisible by the {process_count} processes: each "
+        "process runs data.num_shards / process_count whole shards. Set data.num_shards to a "
+        f"multiple of {process_count} (it fixes the data order: resuming a run needs the value "
+        "it was saved with).",
+    )
+    return num_shards
 
 
 def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict[str, int]:
@@ -167,6 +271,7 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
     """
     for section in ("model", "data", "train", "optimizer", "mesh", "partitioning"):
         _require(section in cfg, f"The config has no '{section}' section.")
+    check_field_types(cfg)
     data, train, opt = cfg.data, cfg.train, cfg.optimizer
     _require(
         data.vocab_path is not None or (isinstance(data.vocab_size, int) and data.vocab_size > 0),
@@ -184,8 +289,17 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
     _check_positive(train, "train", ("max_to_keep",))
     _require(train.eval_every >= 0, "train.eval_every must be >= 0 (0 disables eval).")
     _require(train.eval_batches >= 0, "train.eval_batches must be >= 0.")
-    _require(0.0 <= train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1).")
+    _require(
+        0.0 <= train.label_smoothing < 1.0,
+        f"train.label_smoothing={train.label_smoothing} must be in [0, 1): the probability mass "
+        "spread over the other tokens (0 disables it; 0.1 is common).",
+    )
     _require(train.z_loss >= 0.0, "train.z_loss must be >= 0.")
+    _check_choice(train.get("nan_policy", "stop"), "train.nan_policy", NAN_POLICIES)
+    _require(
+        isinstance(train.get("allow_config_change", False), bool),
+        f"train.allow_config_change={train.get('allow_config_change')!r} must be True or False.",
+    )
     decode_batches = train.get("decode_batches", 0)
     _require(
         isinstance(decode_batches, int) and decode_batches >= 0,
@@ -205,7 +319,8 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
         _require(
             opt.warmup_steps < train.steps,
             f"optimizer.warmup_steps={opt.warmup_steps} must be smaller than train.steps="
-            f"{train.steps} for the cosine schedule.",
+            f"{train.steps} for the cosine schedule: lower optimizer.warmup_steps or raise "
+            "train.steps.",
         )
     _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm must be >= 0 (0 disables).")
 
@@ -216,13 +331,29 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
         f"train.batch_size={train.batch_size} is not divisible by the data-parallel size "
         f"mesh.data x mesh.fsdp = {batch_shards}: use a multiple of {batch_shards}.",
     )
+    microbatches = train.get("microbatches", 1)
+    _require(
+        isinstance(microbatches, int) and not isinstance(microbatches, bool) and microbatches > 0,
+        f"train.microbatches={microbatches!r} must be a positive integer (1: no accumulation).",
+    )
+    _require(
+        train.batch_size % (microbatches * batch_shards) == 0,
+        f"train.batch_size={train.batch_size} cannot be split into train.microbatches="
+        f"{microbatches} micro-batches that each divide over the data-parallel size "
+        f"mesh.data x mesh.fsdp = {batch_shards}: use a batch size that is a multiple of "
+        f"{microbatches * batch_shards}, or fewer microbatches.",
+    )
     _require(
         train.batch_size % process_count == 0,
         f"train.batch_size={train.batch_size} is not divisible by the {process_count} processes.",
     )
+    resolve_num_shards(cfg, process_count)
     heads = cfg.model.num_heads
     kv_heads = cfg.model.num_kv_heads or heads
-    rules = dict(cfg.partitioning.rules)
+    # Imported here: partitioning imports this module (ConfigError, MESH_AXES).
+    from t5x_like import partitioning
+
+    rules = dict(partitioning.rules_for_config(cfg.partitioning, mesh))
     for logical, count, field in (
         ("heads", heads, "num_heads"),
         ("kv_heads", kv_heads, "num_kv_heads"),

@@ -5,7 +5,9 @@ prompt's pieces, without EOS, and the model continues them. Encoder-decoder prom
 encoder's input: the config's `data.inputs_prefix` + the prompt, + EOS, at most
 `data.inputs_len` tokens. `<extra_id_i>` in a prompt is T5's sentinel i (span-corruption
 models fill them in). Prompts go through in batches of a fixed shape (the last one padded
-with empty rows), so one compilation serves them all.
+with empty rows), so one compilation serves them all. In a multi-process job every process
+calls `generate_text` with the same prompts and feeds only the batch rows its devices hold;
+every process gets all the results (the script writes them from process 0 only).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from t5x_like import decoding, partitioning
 from t5x_like.data.preprocessors import BOS_ID
+from t5x_like.data.sharded_iterator import process_rows
 from t5x_like.evaluation.restore import RestoredRun
 
 # Keys a JSONL prompt record may use for its text, in order of preference.
@@ -78,11 +81,16 @@ def generate_text(
     *,
     batch_size: int = 8,
 ) -> list[dict[str, Any]]:
-    """[{"prompt", "output", "score", "tokens"}] for each prompt, in order."""
+    """[{"prompt", "output", "score", "tokens"}] for each prompt, in order.
+
+    A collective in a multi-process job: every process calls it with the same prompts.
+    """
     exp = run.exp
-    # Rows must split evenly over the data-parallel mesh axes.
+    # Rows must split evenly over the data-parallel mesh axes (and so over the processes).
     shards = exp.mesh.shape["data"] * exp.mesh.shape["fsdp"]
     batch_rows = -(-batch_size // shards) * shards
+    # The rows of each batch this process's devices hold (all of them with one process).
+    rows = slice(*process_rows(exp.batch_sharding, batch_rows))
     # Decoder-only: one prompt width for every batch (start token + pieces), one compilation.
     width = max(len(exp.vocab.encode_with_sentinels(p)) + 1 for p in prompts)
     learned = exp.model_config.position == "learned"
@@ -105,8 +113,9 @@ def generate_text(
     with partitioning.activate(exp.mesh, exp.rules):
         for start in range(0, len(prompts), batch_rows):
             chunk = list(prompts[start : start + batch_rows])
+            encoded = _encode(run, chunk, batch_rows, width)
             batch = partitioning.global_batch(
-                _encode(run, chunk, batch_rows, width), exp.batch_sharding
+                {k: v[rows] for k, v in encoded.items()}, exp.batch_sharding
             )
             out = jax.device_get(fn(run.params, batch))
             for row, prompt in enumerate(chunk):

@@ -1,8 +1,20 @@
 """Device mesh, logical-axis rules and the shardings of state, batches and activations.
 
-Parameters carry logical axis names (`nn.LogicallyPartitioned`); the rules in the config map each
-logical axis to mesh axes (`data`, `fsdp`, `tensor`). Everything here is a pure function of the
+Parameters carry logical axis names (`nn.LogicallyPartitioned`); rules map each logical axis to
+mesh axes (`data`, `fsdp`, `tensor`). `partitioning.preset` picks one of the `PRESETS` below,
+or "custom" for the config's own `partitioning.rules`. Everything here is a pure function of the
 config, the mesh and abstract shapes, so shardings are known before anything is compiled.
+
+Presets (the mesh shape still comes from `mesh.*`; optimizer state is sharded like its params):
+  dp       data parallel: batch over (data, fsdp); params and optimizer state replicated.
+  fsdp     fully sharded data parallel (ZeRO-3): batch over (data, fsdp); every param with an
+           `embed` axis (weight matrices, embeddings, norm scales) sharded over fsdp along it;
+           T5's small relative-position table stays replicated.
+  tp       Megatron tensor parallel: heads, kv_heads, mlp and vocab over tensor; batch over
+           data; activations between layers replicated over tensor.
+  fsdp_tp  both, plus pure data parallelism over `data`: batch over (data, fsdp), embed over
+           fsdp, heads/kv_heads/mlp/vocab over tensor (the configs' default; T5X/MaxText-like).
+A preset may leave an axis of size 1 unused; a mesh axis > 1 it never shards over is an error.
 """
 
 from __future__ import annotations
@@ -35,6 +47,89 @@ def make_mesh(mesh_shape: dict[str, int], devices: Sequence[jax.Device] | None =
     return jax.make_mesh(
         shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
     )
+
+
+# Logical axes that are never sharded by any preset (kept explicit so the rules read as a table).
+_UNSHARDED = (
+    ("kv", None),
+    ("layers", None),
+    ("length", None),
+    ("kv_length", None),
+    ("abs_length", None),
+    ("relpos_buckets", None),
+)
+# Earlier rules win when two logical axes of one array want the same mesh axis (flax semantics),
+# so `batch` comes first: activations [batch, length, embed] keep fsdp for the batch.
+PRESETS: dict[str, Rules] = {
+    "dp": (("batch", ("data", "fsdp")),) + _UNSHARDED,
+    "fsdp": (("batch", ("data", "fsdp")), ("embed", "fsdp")) + _UNSHARDED,
+    "tp": (
+        ("batch", "data"),
+        ("vocab", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+    )
+    + _UNSHARDED,
+    "fsdp_tp": (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+    )
+    + _UNSHARDED,
+}
+CUSTOM = "custom"
+# The preset that uses every mesh axis: the suggestion when another leaves an axis > 1 unused.
+_ALL_AXES_PRESET = "fsdp_tp"
+
+
+def mesh_axes_used(rules: Rules) -> set[str]:
+    """The mesh axes that some rule shards over."""
+    used = set()
+    for _, axes in rules:
+        used.update((axes,) if isinstance(axes, str) else axes or ())
+    return used
+
+
+def rules_for_config(partitioning_cfg: Any, mesh_shape: dict[str, int] | None = None) -> Rules:
+    """The rules of `partitioning.preset` (a `PRESETS` name, or "custom": `partitioning.rules`).
+
+    Configs saved before presets existed have no `preset`: their `rules` are used as given.
+    With `mesh_shape`, a preset that never shards over a mesh axis of size > 1 is an error.
+    """
+    preset = partitioning_cfg.get("preset", CUSTOM)
+    given = partitioning_cfg.get("rules")
+    if preset == CUSTOM:
+        if given is None:
+            raise ConfigError(
+                "partitioning.preset='custom' needs partitioning.rules (logical axis -> mesh "
+                f"axes pairs); or pick a preset: {sorted(PRESETS)}."
+            )
+        return rules_from_config(given)
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"partitioning.preset={preset!r} is not supported; choose one of "
+            f"{sorted(PRESETS) + [CUSTOM]}."
+        )
+    if given is not None:
+        raise ConfigError(
+            f"partitioning.rules is set but partitioning.preset={preset!r} ignores it: set "
+            "partitioning.preset='custom' to use your rules, or unset partitioning.rules."
+        )
+    rules = PRESETS[preset]
+    if mesh_shape is not None:
+        used = mesh_axes_used(rules)
+        for axis in MESH_AXES:
+            if mesh_shape.get(axis, 1) > 1 and axis not in used:
+                raise ConfigError(
+                    f"mesh.{axis}={mesh_shape[axis]} but partitioning.preset={preset!r} shards "
+                    f"nothing over {axis}: use partitioning.preset="
+                    f"'{_ALL_AXES_PRESET}' or set mesh.{axis}=1."
+                )
+    return rules
 
 
 def rules_from_config(rules: Any) -> Rules:

@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from t5x_like.cli import ConfigFlag
 from t5x_like.evaluation.restore import checkpoint_dir
 
 SAVED_RUN_CONFIG = os.path.normpath(
@@ -52,10 +52,8 @@ class WorkdirConfig:
             except FileNotFoundError as e:
                 sys.exit(f"Error: {e}")
             default = f"{SAVED_RUN_CONFIG}:{os.path.abspath(os.path.expanduser(early.workdir))}"
-        self._config = config_flags.DEFINE_config_file(
-            "config", default, CONFIG_HELP, lock_config=True
-        )
-        # List both in the script's own --help (absl names the main module by argv[0]).
-        for name in ("workdir", "config"):
-            flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS[name])
-        return app.parse_flags_with_usage(argv)
+        # List --workdir in the script's own --help (absl names the main module by argv[0]);
+        # ConfigFlag lists --config there and makes a misspelt override a one-line error.
+        flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS["workdir"])
+        self._config = ConfigFlag(default, CONFIG_HELP)
+        return self._config.parse(argv)

@@ -20,6 +20,10 @@ Randomised tasks draw from a seed per document (grain's random map over the reco
 `preprocessors.SeedDocument`), so batches depend only on the arguments. The train iterator is a
 grain DatasetIterator: `get_state()` is JSON-serialisable and `set_state()` on a fresh iterator
 built with the same arguments continues with exactly the same batches.
+
+Training runs one such pipeline per logical data shard (`sharded_iterator.py`: shard k of K is
+`make_train_iterator(..., process_index=k, process_count=K)`), so the global batches do not
+depend on the number of processes; eval pipelines shard by process.
 """
 
 import functools

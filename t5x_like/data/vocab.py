@@ -27,6 +27,11 @@ DEFAULT_MAX_TRAIN_CHARS = 5_000_000
 _SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
 # SentencePiece skips longer training sentences, so documents are fed line by line.
 _MAX_SENTENCE_CHARS = 4000
+# How to fix a bad model file; model paths come from the config's data.vocab_path.
+_PATH_HINT = (
+    "set data.vocab_path to a SentencePiece .model file (trained with pad_id=0 eos_id=1 "
+    "unk_id=2 bos_id=-1), or leave it unset (None) to train one on the dataset"
+)
 
 
 class SentencePieceVocab:
@@ -43,7 +48,9 @@ class SentencePieceVocab:
         try:
             self._sp.LoadFromSerializedProto(model_proto)
         except RuntimeError as e:
-            raise ValueError(f"Not a valid SentencePiece model: {path or '<bytes>'} ({e}).") from e
+            raise ValueError(
+                f"Not a valid SentencePiece model: {path or '<bytes>'} ({e}); {_PATH_HINT}."
+            ) from e
         expected = (PAD_ID, EOS_ID, UNK_ID, -1)
         got = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(), self._sp.bos_id())
         if got != expected:
@@ -57,7 +64,11 @@ class SentencePieceVocab:
         """Loads a `.model` file (any path epath can read, e.g. local or gs://)."""
         model_path = epath.Path(path)
         if not model_path.exists():
-            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+            raise FileNotFoundError(f"SentencePiece model not found: {path}; {_PATH_HINT}.")
+        if model_path.is_dir():  # FileNotFoundError: what the scripts report as bad input.
+            raise FileNotFoundError(
+                f"SentencePiece model path {path} is a directory, not a .model file; {_PATH_HINT}."
+            )
         return cls(model_path.read_bytes(), extra_ids=extra_ids, path=str(path))
 
     # Pickled as the model bytes, so grain worker processes can receive the vocabulary.

@@ -35,14 +35,70 @@ class RestoredRun:
 def checkpoint_dir(workdir: str) -> str:
     """`<workdir>/checkpoints` of a training workdir; FileNotFoundError if it is not one."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"Workdir {workdir} does not exist.")
     hint = "a training workdir holds config.json and checkpoints/ (experiments/train.py)"
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(
+            f"Workdir {workdir} does not exist: pass --workdir=<a training run's workdir>; {hint}."
+        )
     if not os.path.isfile(os.path.join(workdir, "config.json")):
         raise FileNotFoundError(f"Workdir {workdir} has no config.json: {hint}.")
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Workdir {workdir} has no checkpoints/ directory: {hint}.")
+    return directory
+
+
+def resolve_checkpoint(checkpointer: checkpointing.Checkpointer, step: int | None) -> int:
+    """`step` (None: the latest) of `checkpointer`, checked to hold a saved state.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all, none for `step`, or one without its `state/`
+        (a save that never finished, or a copy that lost files); the message says what to do.
+    """
+    if not checkpointer.all_steps():
+        raise FileNotFoundError(
+            f"No checkpoints in {checkpointer.directory} yet: the run saves one every "
+            "train.checkpoint_every steps and at its end; point at a run that has saved one."
+        )
+    step = checkpointer.resolve_step(step)
+    state = os.path.join(checkpointer.directory, str(step), "state")
+    if not os.path.isdir(state) or not os.listdir(state):
+        raise FileNotFoundError(
+            f"Checkpoint {checkpointer.directory}/{step} has no saved state ({state} is missing "
+            "or empty: a save that never finished, or an incomplete copy). Choose another step "
+            f"of {checkpointer.all_steps()}, or delete {checkpointer.directory}/{step}."
+        )
+    return step
+
+
+def init_from_dir(init_from: str, init_step: int | None = None) -> str:
+    """The checkpoint directory that `train.init_from` names (a workdir or its checkpoints/).
+
+    Checks, before anything is built, that it holds a complete checkpoint for `init_step`
+    (None: the latest), so that a fine-tuning run with a bad path fails before compiling.
+
+    Raises:
+      FileNotFoundError: naming train.init_from / train.init_step and what to set them to.
+    """
+    path = os.path.abspath(os.path.expanduser(init_from))
+    nested = os.path.join(path, "checkpoints")
+    directory = nested if os.path.isdir(nested) else path
+    hint = "point train.init_from at a pretraining workdir or its checkpoints/ directory"
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"train.init_from={init_from!r}: no such directory; {hint}.")
+    checkpointer = checkpointing.Checkpointer(directory, read_only=True)
+    try:
+        if init_step is not None and init_step not in checkpointer.all_steps():
+            raise FileNotFoundError(
+                f"train.init_step={init_step}: no such checkpoint in {directory}; set it to one "
+                f"of {sorted(checkpointer.all_steps())}, or None for the latest."
+            )
+        try:
+            resolve_checkpoint(checkpointer, init_step)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"train.init_from={init_from!r}: {e} Or {hint}.") from e
+    finally:
+        checkpointer.close()
     return directory
 
 
@@ -65,7 +121,7 @@ def restore_run(
     devices = list(jax.devices() if devices is None else devices)
     checkpointer = checkpointing.Checkpointer(directory, read_only=True)
     try:
-        step = checkpointer.resolve_step(step)
+        step = resolve_checkpoint(checkpointer, step)
         enable_compilation_cache(cfg.train.get("compilation_cache_dir", ""))
         exp = experiment.build_experiment(cfg, devices, splits_needed=splits_needed)
         logging.info(

@@ -5,8 +5,9 @@ A checkpoint becomes a flat `{hf_key: np.ndarray}` state dict (from a torch or n
 its layout as a list of `WeightRule`s (and `FusedRule`s for an HF tensor that holds several of our
 params, such as GPT-2's fused QKV projection); `check_state_dict` names every missing, unexpected
 or mis-shaped tensor, and `rules_to_params` / `params_to_state_dict` apply the rules either way.
-`stack_layers` / `unstack_layers` convert between unrolled (`layers_i`) and scanned (`layers`)
-parameter layouts; `import_params` / `export_params` chain all of these for one model family.
+`stack_layers` / `unstack_layers` (from t5x_like/layout.py) convert between unrolled (`layers_i`)
+and scanned (`layers`) parameter layouts; `import_params` / `export_params` chain all of these
+for one model family.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
+
+# The layer-stacking helpers live with the other layout code; re-exported for the converters.
+from t5x_like.layout import stack_layers, unstack_layers  # noqa: F401
 
 StateDict = dict[str, np.ndarray]
 ParamPath = tuple[str, ...]
@@ -335,24 +339,6 @@ def params_to_state_dict(params: Any, rules: Sequence[Rule]) -> StateDict:
     # np.array copies: aliases (tied tensors) and the caller's params must not share memory with
     # the result.
     return {r.hf_key: np.array(to_hf(r), np.float32, order="C") for r in rules}
-
-
-def stack_layers(stack: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
-    """A stack's `layers_0..N-1` subtrees -> one `layers` subtree with a leading layer axis
-    (the layout `nn.scan` gives the params of a scanned stack)."""
-    stack = dict(stack)
-    layers = [stack.pop(f"layers_{i}") for i in range(num_layers)]
-    stack["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-    return stack
-
-
-def unstack_layers(stack: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
-    """Inverse of `stack_layers`."""
-    stack = dict(stack)
-    scanned = stack.pop("layers")
-    for i in range(num_layers):
-        stack[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], scanned)
-    return stack
 
 
 def add_missing_prefix(

@@ -10,10 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import apply_rope
 from t5x_like.layers.linear import dense
+
+# checkpoint_name tags of the Q/K/V projection outputs, for the "save_qkv_proj" remat policy.
+QKV_PROJ_NAMES = ("query_proj", "key_proj", "value_proj")
 
 
 def make_attention_mask(
@@ -102,7 +106,8 @@ class Attention(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         features, axes = (heads, cfg.qkv_dim), ("embed", head_axis, "kv")
-        return dense(cfg, features, axes, name, init_scale=init_scale)(x)
+        y = dense(cfg, features, axes, name, init_scale=init_scale)(x)
+        return checkpoint_name(y, f"{name}_proj")  # Named for remat policies.
 
     def _keys_values(
         self, kv_input: jax.Array | None, kv_positions: jax.Array | None

@@ -20,9 +20,24 @@ POSITIONS = ("rope", "learned", "sinusoidal", "relative", "none")
 # original Transformer).
 NORM_POSITIONS = ("pre", "post")
 DTYPES = ("float32", "bfloat16", "float16")
-# Rematerialisation: "none" keeps every activation for the backward pass, "full" recomputes each
-# layer from its input, "dots" keeps only the outputs of weight matmuls.
-REMAT_POLICIES = ("none", "full", "dots")
+# Rematerialisation (activation checkpointing) of each layer, by jax.checkpoint_policies name:
+#   none                              keep every activation for the backward pass (no remat);
+#   full = nothing_saveable           recompute each layer from its input;
+#   dots_saveable                     keep the outputs of all matmuls (incl. attention's);
+#   dots = dots_with_no_batch_dims_saveable  keep the weight matmuls' outputs only;
+#   everything_saveable               remat boundary only (saves all; for experiments);
+#   save_qkv_proj                     keep only the query/key/value projections (checkpoint_name
+#                                     tags in attention.py), recompute the rest.
+REMAT_POLICIES = (
+    "none",
+    "full",
+    "dots",
+    "nothing_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+    "save_qkv_proj",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ With `scan_layers`, the layers are one `nn.scan` over a stacked copy of the laye
 import flax.linen as nn
 import jax
 
-from t5x_like.layers.attention import Attention
+from t5x_like.layers.attention import QKV_PROJ_NAMES, Attention
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import RelativePositionBias
 from t5x_like.layers.mlp import Mlp
@@ -69,9 +69,15 @@ class TransformerLayer(nn.Module):
         return (x, None) if cfg.scan_layers else x
 
 
+_POLICIES = jax.checkpoint_policies
 _REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": _POLICIES.nothing_saveable,
+    "nothing_saveable": _POLICIES.nothing_saveable,
+    "dots": _POLICIES.dots_with_no_batch_dims_saveable,
+    "dots_with_no_batch_dims_saveable": _POLICIES.dots_with_no_batch_dims_saveable,
+    "dots_saveable": _POLICIES.dots_saveable,
+    "everything_saveable": _POLICIES.everything_saveable,
+    "save_qkv_proj": _POLICIES.save_only_these_names(*QKV_PROJ_NAMES),
 }
 # Position of `deterministic` in TransformerLayer.__call__, counting self (flax's convention).
 _DETERMINISTIC_ARGNUM = 4

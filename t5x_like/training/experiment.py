@@ -79,6 +79,12 @@ def build_experiment(
                 f"Dataset {data.dataset!r} has no split {split!r}; it has {sorted(splits)}. "
                 "Set data.train_split / data.eval_split."
             )
+        if splits.num_examples(split) == 0:  # Else it would fail at its first batch.
+            raise config_lib.ConfigError(
+                f"Split {split!r} of dataset {data.dataset!r} (data_dir={splits.data_dir!r}) has "
+                "no records. Set data.train_split / data.eval_split to a split with records, or "
+                "re-prepare the dataset."
+            )
     # Fine-tuning reuses the pretraining vocabulary: trained on data.vocab_dataset when set.
     vocab_dataset = data.get("vocab_dataset") or data.dataset
     vocab = vocab_lib.load_or_train_vocab(
@@ -108,14 +114,16 @@ def assemble_experiment(
 
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = config_lib.validate_config(cfg, len(devices), jax.process_count())
-    rules = partitioning.rules_from_config(cfg.partitioning.rules)
+    rules = partitioning.rules_for_config(cfg.partitioning, mesh_shape)
     mesh = partitioning.make_mesh(mesh_shape, devices)
     if vocab is not None:
         _resolve_vocab_size(cfg, vocab.vocab_size)
     elif cfg.model.vocab_size is None:
         raise config_lib.ConfigError("model.vocab_size must be set when no vocabulary is given.")
     model = models.build_model(cfg.model)
-    tx, schedule = optimizers.make_optimizer(cfg.optimizer, cfg.train.steps)
+    tx, schedule = optimizers.make_optimizer(
+        cfg.optimizer, cfg.train.steps, cfg.train.get("nan_policy", "stop")
+    )
     return Experiment(
         cfg=cfg,
         mesh=mesh,
@@ -178,7 +186,8 @@ def init_state(exp: Experiment, shardings: TrainState) -> TrainState:
 
 
 def _pipeline_args(exp: Experiment) -> dict[str, Any]:
-    """Arguments the train and eval pipelines share: this process's slice of the global batch."""
+    """Arguments of the eval pipelines: this process's slice of the global batch, read from
+    every process_count-th record (eval metrics are sums, so the split need not be fixed)."""
     cfg = exp.cfg
     return dict(
         task=exp.task,
@@ -190,10 +199,23 @@ def _pipeline_args(exp: Experiment) -> dict[str, Any]:
 
 
 def make_train_iterator(exp: Experiment) -> Any:
-    from t5x_like.data import pipeline
+    """This process's rows of the training batches: the logical data shards (data.num_shards)
+    covering the rows its devices hold, so the global batches are the same for any process
+    count (t5x_like/data/sharded_iterator.py)."""
+    from t5x_like.data import sharded_iterator
 
-    split = exp.splits[exp.cfg.data.train_split]
-    return pipeline.make_train_iterator(split, exp.vocab, seed=exp.cfg.seed, **_pipeline_args(exp))
+    cfg = exp.cfg
+    batch_size = cfg.train.batch_size
+    return sharded_iterator.make_sharded_train_iterator(
+        exp.splits[cfg.data.train_split],
+        exp.vocab,
+        batch_size=batch_size,
+        num_shards=config_lib.resolve_num_shards(cfg, jax.process_count()),
+        seed=cfg.seed,
+        rows=sharded_iterator.process_rows(exp.batch_sharding, batch_size),
+        task=exp.task,
+        pack=cfg.data.pack,
+    )
 
 
 def make_eval_iterator(exp: Experiment, *, for_decoding: bool = False) -> Any:
@@ -214,7 +236,12 @@ def jit_steps(exp: Experiment, shardings: TrainState) -> tuple[Any, Any]:
     """The train step (state donated) and the eval step, jitted with explicit shardings."""
     train_cfg = exp.cfg.train
     train_step = steps.make_train_step(
-        exp.model, exp.tx, exp.rules, train_cfg.z_loss, train_cfg.label_smoothing
+        exp.model,
+        exp.tx,
+        exp.rules,
+        train_cfg.z_loss,
+        train_cfg.label_smoothing,
+        microbatches=train_cfg.get("microbatches", 1),
     )
     eval_step = steps.make_eval_step(exp.model, exp.rules, train_cfg.z_loss)
     batch = exp.batch_sharding

@@ -1,13 +1,22 @@
-"""Model FLOPs per token and device peak FLOP/s, for the MFU estimate in the training log.
+"""Model FLOPs per token and device peak FLOP/s, for the MFU estimates (training log, benchmark).
 
-FLOPs per token (training, forward + backward) = 6 * N + 12 * L * T * d_attn, where N counts the
-parameters used in matmuls (all but the token/position embedding lookups; a tied LM head counts
-once, as a matmul), L the layers, T the sequence length and d_attn = heads * head_dim: the PaLM
-appendix-B formula, attention scores and values counted over the full (not causal) square.
+Decoder-only training FLOPs per token (forward + backward) = 6 * N + 12 * L * T * d_attn, where N
+counts the parameters used in matmuls (all but the token/position embedding lookups; a tied LM
+head counts once, as a matmul), L the layers, T the sequence length and d_attn = heads * head_dim:
+the PaLM appendix-B formula, attention scores and values counted over the full (not causal)
+square, as dense attention computes them. Norms, softmax, activations, the loss and the optimizer
+update are not counted (a few % of the total for real model sizes).
 
-Encoder-decoder models: per step 6 * (N_enc * T_enc + N_dec * T_dec) + 12 * d_attn * (L_enc *
-T_enc^2 + L_dec * T_dec * (T_dec + T_enc)) per example, where N_dec includes the LM head and the
-cross-attention; divided by T_enc + T_dec to give FLOPs per (encoder or decoder) token.
+Encoder-decoder models, per example: 6 * (N_enc * T_enc + N_dec * T_dec + N_xkv * T_enc)
++ 12 * d_attn * (L_enc * T_enc^2 + L_dec * T_dec * (T_dec + T_enc)), where N_xkv are the
+decoder's cross-attention key/value projections (applied to the T_enc encoder outputs) and N_dec
+the rest of the decoder with the LM head; divided by T_enc + T_dec to give FLOPs per (encoder or
+decoder) token.
+
+Peaks: dense (not 2:4-sparse) datasheet figures per chip. GPUs run float32 matmuls as TF32 at
+JAX's default precision, so float32 models get the TF32 tensor-core peak there; TPUs run float32
+matmuls at default precision as bf16 passes, so they keep the bf16 peak. CPUs have no table: the
+peak is measured with a jitted matmul of the model's dtype and a representative shape.
 """
 
 from __future__ import annotations
@@ -23,19 +32,23 @@ import jax.numpy as jnp
 from t5x_like import partitioning
 from t5x_like.layers.config import TransformerConfig
 
-# Dense bf16 peak FLOP/s per chip, from vendor datasheets.
+# Dense peak FLOP/s per chip: (bf16/fp16, float32 at default matmul precision). More specific
+# device-kind prefixes come first (matched with str.startswith, in order).
 PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-    "NVIDIA B200": 2250e12,
+    "TPU v4": (275e12, 275e12),
+    "TPU v5 lite": (197e12, 197e12),
+    "TPU v5e": (197e12, 197e12),
+    "TPU v5p": (459e12, 459e12),
+    "TPU v5": (459e12, 459e12),
+    "TPU v6 lite": (918e12, 918e12),
+    "TPU v6e": (918e12, 918e12),
+    "NVIDIA H100 PCIe": (756e12, 378e12),
+    "NVIDIA H100 NVL": (835e12, 418e12),
+    "NVIDIA H100": (989e12, 495e12),  # SXM: 989.4 TFLOP/s bf16, 494.7 TF32 (dense).
+    "NVIDIA H200": (989e12, 495e12),  # Same compute as H100 SXM, more/faster HBM.
+    "NVIDIA GH200": (989e12, 495e12),
+    "NVIDIA A100": (312e12, 156e12),
+    "NVIDIA B200": (2250e12, 1100e12),
 }
 
 
@@ -43,16 +56,30 @@ def param_count(params: Any) -> int:
     return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 
 
+def _is_lookup(keys: tuple[str, ...], cfg: TransformerConfig) -> bool:
+    """Position tables and relative biases (always), the token embedding unless tied."""
+    if keys[-1] == "rel_embedding" or any(k.endswith("position_embed") for k in keys):
+        return True
+    return keys[-1] == "embedding" and not cfg.tie_embeddings
+
+
 def matmul_params(params: Any, cfg: TransformerConfig) -> int:
     """Parameters taking part in matmuls: the token embedding counts only if tied to the LM head;
     position tables and relative position biases (lookups) never count."""
-    total = param_count(params)
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, leaf in flat:
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not _is_lookup(partitioning.path_names(path), cfg):
+            total += math.prod(leaf.shape)
+    return total
+
+
+def _cross_kv_params(params: Any) -> int:
+    """The decoder's cross-attention key/value projections (they read the encoder outputs)."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = partitioning.path_names(path)
-        lookup = keys[-1] == "rel_embedding" or any(k.endswith("position_embed") for k in keys)
-        if lookup or (keys[-1] == "embedding" and not cfg.tie_embeddings):
-            total -= math.prod(leaf.shape)
+        if "cross_attention" in keys and ("key" in keys or "value" in keys):
+            total += math.prod(leaf.shape)
     return total
 
 
@@ -67,42 +94,61 @@ def encoder_decoder_train_flops_per_token(
 ) -> float:
     """Encoder-decoder training FLOPs per token, averaged over encoder and decoder tokens."""
     encoder = matmul_params(params.get("encoder", {}), cfg)
-    decoder = matmul_params(params, cfg) - encoder  # Decoder stack and LM head.
+    cross_kv = _cross_kv_params(params)
+    decoder = matmul_params(params, cfg) - encoder - cross_kv  # Decoder stack and LM head.
     d_attn = cfg.num_heads * cfg.qkv_dim
     encoder_attention = cfg.num_layers * inputs_len**2
     decoder_attention = cfg.decoder_layers * targets_len * (targets_len + inputs_len)
     attention = 12 * d_attn * (encoder_attention + decoder_attention)
-    per_example = 6.0 * (encoder * inputs_len + decoder * targets_len) + attention
-    return per_example / (inputs_len + targets_len)
+    matmuls = (encoder + cross_kv) * inputs_len + decoder * targets_len
+    return (6.0 * matmuls + attention) / (inputs_len + targets_len)
+
+
+def datasheet_peak(device_kind: str, dtype: str) -> tuple[float, str] | None:
+    """(peak FLOP/s of one chip for `dtype`, the table entry used), or None if not listed."""
+    for name, (half, single) in PEAK_FLOPS.items():
+        if device_kind.startswith(name):
+            if jnp.dtype(dtype) == jnp.float32:
+                precision = "bf16 passes" if name.startswith("TPU") else "tf32"
+                return single, f"datasheet {name} float32 ({precision}, dense)"
+            return half, f"datasheet {name} {jnp.dtype(dtype).name} (dense)"
+    return None
 
 
 @functools.cache
-def _measured_cpu_peak(dtype: str) -> float:
-    """FLOP/s of a large jitted matmul on the first CPU device (all host cores)."""
-    n = 1024
+def measured_cpu_peak(dtype: str, shape: tuple[int, int, int] = (1024, 1024, 1024)) -> float:
+    """FLOP/s of a jitted [m, k] @ [k, n] matmul in `dtype` on the first CPU device (XLA uses
+    all host cores for it): the best of 5 timed runs after a warm-up."""
+    m, k, n = shape
     device = jax.devices("cpu")[0]
-    a = jax.device_put(jnp.ones((n, n), dtype), device)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
+    a = jax.device_put(jnp.ones((m, k), dtype), device)
+    b = jax.device_put(jnp.ones((k, n), dtype), device)
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
     best = math.inf
     for _ in range(5):
         start = time.perf_counter()
-        f(a).block_until_ready()
+        f(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * m * k * n / best
 
 
-def peak_flops(dtype: str = "float32") -> tuple[float, str]:
+def peak_flops(
+    dtype: str = "float32", matmul_shape: tuple[int, int, int] | None = None
+) -> tuple[float, str]:
     """(total peak FLOP/s of this run's devices, where the figure comes from).
 
     Accelerators use the datasheet table (per chip, times the device count). On CPU the peak is
-    measured: all fake CPU devices share the same cores, so the one-device figure is the total.
+    measured with a `matmul_shape` (m, k, n) matmul (default 1024^3): all fake CPU devices share
+    the same cores, so the one-device figure is the total.
     """
     devices = jax.devices()
-    kind = devices[0].device_kind
     if devices[0].platform == "cpu":
-        return _measured_cpu_peak(dtype), f"measured {dtype} matmul on CPU"
-    for name, flops in PEAK_FLOPS.items():
-        if kind.startswith(name):
-            return flops * len(devices), f"datasheet {name}"
-    return math.nan, f"unknown device kind {kind!r}"
+        shape = tuple(matmul_shape or (1024, 1024, 1024))
+        peak = measured_cpu_peak(jnp.dtype(dtype).name, shape)
+        dims = "x".join(map(str, shape))
+        return peak, f"measured {jnp.dtype(dtype).name} {dims} (m x k x n) matmul on CPU"
+    found = datasheet_peak(devices[0].device_kind, dtype)
+    if found is None:
+        return math.nan, f"unknown device kind {devices[0].device_kind!r}"
+    return found[0] * len(devices), found[1]

@@ -1,6 +1,10 @@
 """The training loop: init or resume, train, log, evaluate and checkpoint.
 
 `train` wires the stages built in `experiment.py`; each stage here is a small function.
+Faults that must not lose work are handled by small modules it calls: the workdir lock and the
+saved-config check (t5x_like/workdir.py), graceful stop on SIGTERM/SIGINT (preemption.py),
+the non-finite step guard (nan_guard.py), and unreadable checkpoints / failed saves
+(t5x_like/checkpointing.py).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, partitioning
+from t5x_like import checkpointing, partitioning, plotting
 from t5x_like import config as config_lib
-from t5x_like.evaluation import decode_eval
-from t5x_like.training import flops, losses
+from t5x_like import workdir as workdir_lib
+from t5x_like.evaluation import decode_eval, restore
+from t5x_like.training import flops, losses, nan_guard, optimizers, preemption
 from t5x_like.training.compilation import compile_count, enable_compilation_cache
 from t5x_like.training.experiment import (
     Experiment,
@@ -56,9 +61,8 @@ class _Throughput:
         }
 
 
-def _summarize_train(history: list[dict[str, jax.Array]]) -> dict[str, float]:
-    """Means over the logged interval (losses weighted by tokens, grad norm per step)."""
-    fetched = jax.device_get(history)
+def _summarize_train(fetched: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over the logged steps' host metrics (losses weighted by tokens, grad norm per step)."""
     sums = {k: float(sum(m[k] for m in fetched)) for k in fetched[0] if k != "grad_norm"}
     out = losses.summarize(sums)
     out["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
@@ -84,22 +88,10 @@ def _log_train(done: int, total: int, metrics: dict[str, float], writer: Metrics
     writer.write(done, "train", metrics)
 
 
-def _checkpoint_dir(path: str) -> str:
-    """`path` itself if it holds checkpoints, else its `checkpoints/` (a workdir was given)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    nested = os.path.join(path, "checkpoints")
-    return nested if os.path.isdir(nested) else path
-
-
 def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: Any) -> TrainState:
     """`state` with its params replaced by those of `train.init_from` (optimizer kept fresh)."""
     train_cfg = exp.cfg.train
-    directory = _checkpoint_dir(train_cfg.init_from)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"train.init_from={train_cfg.init_from!r}: no such checkpoint directory. Point it at "
-            "a pretraining workdir or its checkpoints/ directory."
-        )
+    directory = restore.init_from_dir(train_cfg.init_from, train_cfg.get("init_step"))
     source = checkpointing.Checkpointer(directory, read_only=True)
     try:
         params = source.restore_params(train_cfg.init_step, abstract_params)
@@ -112,13 +104,15 @@ def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: A
 def _restore_or_init(
     exp: Experiment, checkpointer: checkpointing.Checkpointer, train_iter: Any
 ) -> TrainState:
-    """The latest checkpoint's state (iterator repositioned), else a fresh sharded init whose
-    params come from `train.init_from` when set (fine-tuning)."""
+    """The newest readable checkpoint's state (iterator repositioned; unreadable newer ones are
+    moved aside), else a fresh sharded init whose params come from `train.init_from` when set
+    (fine-tuning)."""
     abstract_state, shardings = state_shardings(exp)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        logging.info("Resuming from %s/%d.", checkpointer.directory, latest)
-        return checkpointer.restore(latest, abstract_state, train_iter)
+    restored = checkpointer.restore_latest(abstract_state, train_iter)
+    if restored is not None:
+        step, state = restored
+        logging.info("Resumed from %s/%d.", checkpointer.directory, step)
+        return state
     state = init_state(exp, shardings)
     if exp.cfg.train.get("init_from"):
         state = _init_from_pretrained(exp, state, abstract_state.params)
@@ -174,9 +168,39 @@ def _due(done: int, every: int, total: int) -> bool:
     return every > 0 and (done % every == 0 or done == total)
 
 
+def _has_checkpoints(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def _write_curves(workdir: str) -> None:
+    """`<workdir>/curves.png` (process 0); a plotting problem never fails a finished run."""
+    if jax.process_index() != 0:
+        return
+    try:
+        path = plotting.write_training_curves(workdir)
+    except (OSError, ValueError) as e:
+        logging.warning("Could not plot the training curves: %s", e)
+    else:
+        logging.info("Training curves: %s", path)
+
+
 def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) the experiment in `workdir`; returns the last train and eval metrics."""
+    """Runs (or resumes) the experiment in `workdir`; returns the last train and eval metrics.
+
+    The result's "stopped" entry is set when a SIGTERM/SIGINT ended the run early (after
+    checkpointing the step it reached); a relaunch resumes from there.
+
+    Raises:
+      WorkdirLockedError: another live run uses `workdir`.
+      ConfigChangeError: the workdir's checkpoints were made with another model shape.
+      NonFiniteError: a non-finite step (train.nan_policy); the bad state was not saved.
+      CheckpointSaveError: a checkpoint could not be written.
+    """
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    if cfg.train.get("init_from") and not _has_checkpoints(workdir):
+        # A fine-tuning source that cannot be read fails here, before anything compiles.
+        restore.init_from_dir(cfg.train.init_from, cfg.train.get("init_step"))
     enable_compilation_cache(cfg.train.compilation_cache_dir)
     exp = build_experiment(cfg)
     logging.info("Resolved config:\n%s", config_lib.to_json(cfg))
@@ -188,23 +212,113 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        config_lib.save_config(cfg, workdir)
+    with workdir_lib.WorkdirLock(workdir):
+        # Before anything compiles or restores: a changed model shape is refused here.
+        workdir_lib.check_config_change(cfg, workdir)
+        if jax.process_index() == 0:
+            config_lib.save_config(cfg, workdir)
+        train_cfg = cfg.train
+        checkpointer = checkpointing.Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            max_to_keep=train_cfg.max_to_keep,
+            async_save=train_cfg.async_checkpoint,
+        )
+        # Closed however the run ends: pending async saves finish and no writer thread is left.
+        try:
+            with preemption.PreemptionGuard() as stop_signal:
+                return _train_loop(exp, checkpointer, workdir, stop_signal)
+        finally:
+            checkpointer.close()
 
-    train_cfg = cfg.train
-    checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=train_cfg.max_to_keep,
-        async_save=train_cfg.async_checkpoint,
+
+class _Progress:
+    """What the loop carries between steps: the unlogged steps' metrics and the guards."""
+
+    def __init__(self, exp: Experiment, checkpointer: checkpointing.Checkpointer, workdir: str):
+        self.exp = exp
+        self.checkpointer = checkpointer
+        self.writer = MetricsWriter(workdir)
+        self.guard = nan_guard.NanGuard(exp.cfg.train.get("nan_policy", "stop"))
+        self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not logged yet.
+
+    def resume_hint(self) -> str:
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return "training starts from scratch (no checkpoint yet)"
+        return f"training resumes from step {latest} ({self.checkpointer.directory}/{latest})"
+
+    def fetch_and_check(self) -> list[tuple[int, dict[str, Any]]]:
+        """The pending steps' host metrics, checked by the NaN guard (skips logged)."""
+        steps = [step for step, _ in self.pending]
+        records = list(zip(steps, jax.device_get([m for _, m in self.pending]), strict=True))
+        skipped = self.guard.check(records, self.resume_hint())
+        if skipped:
+            logging.warning(
+                "Skipped the update of step(s) %s: non-finite loss or gradient norm "
+                "(train.nan_policy='skip').",
+                skipped,
+            )
+        return records
+
+    def save(self, step: int, state: TrainState, train_iter: Any) -> None:
+        """Checkpoints `state` (the state after `step`) once its steps are known finite."""
+        self.fetch_and_check()
+        self.checkpointer.save(step, state, train_iter)
+
+
+def _log_interval(
+    progress: _Progress,
+    state: TrainState,
+    throughput: _Throughput,
+    step: int,
+    with_throughput: bool,
+) -> dict[str, float]:
+    """Logs and writes the means of the pending steps (non-finite, skipped ones left out);
+    `with_throughput`: False while the interval holds only the compiling first step."""
+    exp = progress.exp
+    records = progress.fetch_and_check()
+    finite = [m for _, m in records if nan_guard.is_finite(m)]
+    progress.pending = []
+    metrics = _summarize_train(finite) if finite else {}
+    if with_throughput:
+        metrics.update(throughput.report())
+    metrics["learning_rate"] = float(exp.schedule(step - 1))
+    metrics["compiles"] = compile_count()
+    skipped = optimizers.skipped_updates(state.opt_state)
+    if skipped is not None:
+        metrics["skipped_updates"] = int(jax.device_get(skipped))
+    if finite:
+        _log_train(step, exp.cfg.train.steps, metrics, progress.writer)
+    else:
+        logging.warning("step %d: every update since the last log was skipped.", step)
+        progress.writer.write(step, "train", metrics)
+    throughput.reset()
+    return metrics
+
+
+def _stop_early(
+    progress: _Progress, state: TrainState, train_iter: Any, step: int, signal_name: str
+) -> None:
+    """After a stop signal: checkpoint `step` (unless it has one) and wait until it is on disk."""
+    checkpointer = progress.checkpointer
+    progress.save(step, state, train_iter)
+    checkpointer.wait_until_finished()
+    logging.warning(
+        "Stopped by %s after step %d of %d; checkpoint %s/%d is on disk. Relaunch the same "
+        "command to resume from it.",
+        signal_name,
+        step,
+        progress.exp.cfg.train.steps,
+        checkpointer.directory,
+        step,
     )
-    # Closed however the run ends: pending async saves finish and no writer thread is left.
-    try:
-        return _train_loop(exp, checkpointer, workdir)
-    finally:
-        checkpointer.close()
 
 
 def _train_loop(
-    exp: Experiment, checkpointer: checkpointing.Checkpointer, workdir: str
+    exp: Experiment,
+    checkpointer: checkpointing.Checkpointer,
+    workdir: str,
+    stop_signal: preemption.PreemptionGuard,
 ) -> dict[str, Any]:
     """Restores or initialises the state, then trains, logs, evaluates and checkpoints."""
     train_cfg = exp.cfg.train
@@ -217,15 +331,19 @@ def _train_loop(
     eval_steps = {"eval": jit_eval}
     if train_cfg.get("decode_batches", 0):
         eval_steps["decode"] = decode_eval.jit_decode(exp, state_shards.params)
-    writer = MetricsWriter(workdir)
-    history: list[dict[str, jax.Array]] = []
+    progress = _Progress(exp, checkpointer, workdir)
     result: dict[str, Any] = {"start_step": start_step, "train": {}, "eval": {}}
     run_start = time.perf_counter()
 
     with partitioning.activate(exp.mesh, exp.rules):
         if start_step == 0 and train_cfg.eval_every and train_cfg.eval_at_start:
-            result["eval"] = _eval_and_log(exp, eval_steps, state, 0, writer, workdir)
+            result["eval"] = _eval_and_log(exp, eval_steps, state, 0, progress.writer, workdir)
         for step in range(start_step, train_cfg.steps):
+            if step == start_step and stop_signal.should_stop(step):
+                # Signalled while restoring or compiling: nothing new to save.
+                logging.warning("Stopped by %s before step %d.", stop_signal.reason, step + 1)
+                result["stopped"] = {"step": step, "signal": stop_signal.reason}
+                break
             batch = partitioning.global_batch(next(train_iter), exp.batch_sharding)
             state, metrics = jit_train(state, batch)
             done = step + 1
@@ -238,28 +356,33 @@ def _train_loop(
                 throughput.reset()
             else:
                 throughput.steps += 1
-            history.append(metrics)
-            if _due(done, train_cfg.log_every, train_cfg.steps):
-                result["train"] = _summarize_train(history)
-                if done > start_step + 1:
-                    result["train"].update(throughput.report())
-                result["train"]["learning_rate"] = float(exp.schedule(step))
-                result["train"]["compiles"] = compile_count()
-                _log_train(done, train_cfg.steps, result["train"], writer)
-                history = []
-                throughput.reset()
+            progress.pending.append((done, metrics))
+            checkpointer.check_for_errors()  # A failed background save stops the run here.
+            stopping = stop_signal.should_stop(done)
+            if stopping or _due(done, train_cfg.log_every, train_cfg.steps):
+                result["train"] = _log_interval(
+                    progress, state, throughput, done, with_throughput=done > start_step + 1
+                )
+            if stopping:
+                _stop_early(progress, state, train_iter, done, stop_signal.reason)
+                result["stopped"] = {"step": done, "signal": stop_signal.reason}
+                break
             if _due(done, train_cfg.eval_every, train_cfg.steps):
-                result["eval"] = _eval_and_log(exp, eval_steps, state, done, writer, workdir)
+                result["eval"] = _eval_and_log(
+                    exp, eval_steps, state, done, progress.writer, workdir
+                )
                 throughput.reset()
             if _due(done, train_cfg.checkpoint_every, train_cfg.steps):
-                checkpointer.save(done, state, train_iter)
-    writer.close()
-    logging.info(
-        "Done: step %d in %.1fs; outputs in %s.",
-        train_cfg.steps,
-        time.perf_counter() - run_start,
-        workdir,
-    )
+                progress.save(done, state, train_iter)
+    progress.writer.close()
+    _write_curves(workdir)
+    if "stopped" not in result:
+        logging.info(
+            "Done: step %d in %.1fs; outputs in %s.",
+            train_cfg.steps,
+            time.perf_counter() - run_start,
+            workdir,
+        )
     return result
 
 

@@ -119,5 +119,5 @@ def test_init_from_errors_name_the_field(corpus_dir, pretrained, tmp_path):
     with pytest.raises(ConfigError, match=mismatch):
         trainer.train(wider, str(tmp_path / "b"))
     wrong_step = _finetune_config(corpus_dir, pretrained, **{"train.init_step": 3})
-    with pytest.raises(FileNotFoundError, match=r"No checkpoint for step 3.*steps: \[4\]"):
+    with pytest.raises(FileNotFoundError, match=r"init_step=3: no such checkpoint.*\[4\]"):
         trainer.train(wrong_step, str(tmp_path / "c"))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import matplotlib.image
 import pytest
 from testutil import REPO, tiny_config
 
@@ -37,6 +38,8 @@ def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["model"]["vocab_size"] == 256  # Resolved from the vocabulary.
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
+    curves = matplotlib.image.imread(os.path.join(workdir, "curves.png"))  # Written at the end.
+    assert curves.ndim == 3 and min(curves.shape[:2]) > 100
     train = read_metrics(workdir, "train")
     assert sorted(train) == [1, 2, 3, 4, 5, 6]
     assert {"loss", "accuracy", "perplexity", "grad_norm", "learning_rate"} <= set(train[6])

@@ -1,0 +1,100 @@
+r"""Benchmark sizes for experiments/benchmark.py: synthetic data, no dataset or vocabulary.
+
+    --config=configs/benchmark.py:cpu      decoder-only, 6 x 512, seq 256, batch 8, float32
+    --config=configs/benchmark.py:125m     LLaMA-style 134M (12 x 768), seq 1024, bf16
+    --config=configs/benchmark.py:1b       TinyLlama-1.1B dims (22 x 2048, GQA 4 kv heads), bf16
+    --config=configs/benchmark.py:8b       LLaMA-3-8B dims (32 x 4096, GQA 8 kv heads), bf16
+    --config=configs/benchmark.py:t5_base  T5 v1.1 base (configs/t5.py), 512 -> 114 tokens
+    --config=configs/benchmark.py:t5_large T5 v1.1 large, FSDP + full remat
+
+The decoder-only sizes are configs/decoder_only.py (RoPE, RMSNorm, SwiGLU, no biases) with new
+dimensions; the T5 sizes are configs/t5.py's. Vocabularies: 32000 (LLaMA-1/2's SentencePiece
+size), 128256 for 8b (LLaMA-3's), 32128 for T5. "bf16" means bfloat16 compute with float32
+params and optimizer state (mixed precision). The big sizes shard with FSDP over all devices
+(mesh.fsdp=-1), scan their layers (compile time independent of depth) and rematerialise each
+layer in the backward pass. Every field stays overridable: `--config.train.batch_size=16`.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (d_model, num_layers, num_heads, num_kv_heads, mlp_dim, vocab_size, seq_len, batch_size)
+DECODER_SIZES = {
+    "cpu": (512, 6, 8, None, 2048, 32000, 256, 8),
+    "125m": (768, 12, 12, None, 2048, 32000, 1024, 32),
+    "1b": (2048, 22, 32, 4, 5632, 32000, 2048, 64),
+    "8b": (4096, 32, 32, 8, 14336, 128256, 4096, 256),
+}
+T5_SIZES = {"t5_base": "base", "t5_large": "large"}
+NAMES = tuple(DECODER_SIZES) + tuple(T5_SIZES)
+
+
+def _load(name: str, arg: str | None = None) -> config_dict.ConfigDict:
+    """configs/<name>.py's get_config(arg), loaded by path so config files stay plain files."""
+    spec = importlib.util.spec_from_file_location(
+        f"t5x_like_configs_{name}", os.path.join(_HERE, f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def _benchmark_defaults(c: config_dict.ConfigDict) -> None:
+    """Settings no benchmark wants: evaluation, checkpoints, the persistent compilation cache
+    (it would hide the compile time being measured)."""
+    c.train.steps = 1000  # Only shapes the learning-rate schedule.
+    c.train.eval_every = 0
+    c.train.eval_at_start = False
+    c.train.checkpoint_every = 1000
+    c.train.compilation_cache_dir = ""
+    c.optimizer.warmup_steps = 10
+
+
+def _decoder_only(name: str) -> config_dict.ConfigDict:
+    d_model, layers, heads, kv_heads, mlp, vocab, seq_len, batch = DECODER_SIZES[name]
+    c = _load("decoder_only")
+    c.model.update(
+        d_model=d_model,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        mlp_dim=mlp,
+        vocab_size=vocab,
+        max_len=seq_len,
+    )
+    c.data.seq_len = seq_len
+    c.train.batch_size = batch
+    if name == "cpu":
+        return c  # float32, tied embeddings, data parallel: configs/decoder_only.py's layout.
+    c.model.update(dtype="bfloat16", tie_embeddings=False, scan_layers=True)
+    if name == "8b":
+        c.model.update(rope_theta=500_000.0, norm_eps=1e-5)
+    if name in ("1b", "8b"):
+        c.model.remat = "full"
+        c.mesh.update(data=1, fsdp=-1)
+    return c
+
+
+def _t5(name: str) -> config_dict.ConfigDict:
+    c = _load("t5", T5_SIZES[name])
+    c.model.update(vocab_size=32128, dtype="bfloat16", scan_layers=True)
+    # T5 pretraining rows: 512 input tokens -> 114 targets at 15% noise, 3-token spans.
+    c.data.update(inputs_len=512, targets_len=114)
+    c.train.batch_size = 128
+    if name == "t5_large":
+        c.model.remat = "full"
+        c.mesh.update(data=1, fsdp=-1)
+    return c
+
+
+def get_config(name: str = "cpu") -> config_dict.ConfigDict:
+    if name not in NAMES:
+        raise ValueError(f"Unknown benchmark size {name!r}; choose one of {NAMES}.")
+    c = _decoder_only(name) if name in DECODER_SIZES else _t5(name)
+    c.name = f"benchmark_{name}"
+    _benchmark_defaults(c)
+    return c

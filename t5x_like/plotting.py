@@ -1,0 +1,159 @@
+"""Training curves and a summary table of runs, read from their workdirs' `metrics.jsonl`.
+
+    plot_curves(["/tmp/run_a", "/tmp/run_b"], "report.png")   # loss and accuracy vs step
+    write_training_curves("/tmp/run_a")                        # /tmp/run_a/curves.png
+    print(markdown_table(["/tmp/run_a", "/tmp/run_b"]))        # last train/eval metrics
+
+Plots draw on matplotlib's Agg canvas directly (no pyplot, no display, no global backend).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from t5x_like.training.metrics_writer import read_metrics
+
+DEFAULT_METRICS = ("loss", "accuracy")
+SPLITS = ("train", "eval")
+# Pixels of one metric's panel at DPI: a figure with n metrics is (n * width) x height.
+PANEL_SIZE = (5.0, 4.0)
+DPI = 100
+
+
+def load_run(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """split -> step -> the last record logged for it, from `<workdir>/metrics.jsonl`.
+
+    Raises:
+      FileNotFoundError: no metrics.jsonl (not a training workdir, or nothing logged yet).
+      ValueError: a line that is not JSON, or no train or eval record at all.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: pass the workdir of a training run (experiments/train.py "
+            "writes metrics.jsonl there every train.log_every steps)."
+        )
+    try:
+        run = {split: read_metrics(workdir, split) for split in SPLITS}
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(
+            f"{path} is not a metrics log of JSON lines with 'step' and 'split' ({e!r}); "
+            "was it written by experiments/train.py?"
+        ) from e
+    if not any(run.values()):
+        raise ValueError(
+            f"{path} has no train or eval records yet: let the run log at least once "
+            "(train.log_every / train.eval_every steps)."
+        )
+    return run
+
+
+def run_label(workdir: str) -> str:
+    """The run's name in legends and tables: its workdir's basename."""
+    return os.path.basename(os.path.normpath(workdir)) or workdir
+
+
+def _labels(workdirs: Sequence[str]) -> list[str]:
+    labels = [run_label(w) for w in workdirs]
+    # Two runs with the same basename (a/run, b/run) keep their whole paths apart.
+    return [
+        w if labels.count(label) > 1 else label for w, label in zip(workdirs, labels, strict=True)
+    ]
+
+
+def plot_curves(
+    workdirs: Sequence[str],
+    out_path: str,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    labels: Sequence[str] | None = None,
+) -> str:
+    """Writes a PNG of `metrics` vs step, train (solid) and eval (dashed), one color per run.
+
+    One panel per metric, `PANEL_SIZE` inches at `DPI` each, side by side. Returns `out_path`.
+
+    Raises:
+      FileNotFoundError / ValueError: a workdir without usable metrics (see `load_run`), or a
+        metric that no run logged.
+    """
+    if not workdirs:
+        raise ValueError("plot_curves needs at least one workdir.")
+    if not metrics:
+        raise ValueError("plot_curves needs at least one metric, e.g. ('loss', 'accuracy').")
+    runs = [load_run(w) for w in workdirs]
+    labels = list(labels) if labels is not None else _labels(workdirs)
+    width, height = PANEL_SIZE
+    fig = Figure(figsize=(width * len(metrics), height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        drawn = 0
+        for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+            color = f"C{i % 10}"
+            for split, style in (("train", "-"), ("eval", "--o")):
+                points = [
+                    (step, record[metric])
+                    for step, record in run[split].items()
+                    if isinstance(record.get(metric), (int, float))
+                    and math.isfinite(record[metric])
+                ]
+                if points:
+                    steps, values = zip(*points, strict=True)
+                    ax.plot(
+                        steps, values, style, color=color, markersize=3, label=f"{label} {split}"
+                    )
+                    drawn += 1
+        if not drawn:
+            logged = {k for run in runs for s in SPLITS for r in run[s].values() for k in r}
+            logged = sorted(logged - {"step", "split", "time"})
+            raise ValueError(f"No run logged metric {metric!r}; choose among {logged}.")
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(metric)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path, format="png", dpi=DPI)
+    return out_path
+
+
+def write_training_curves(workdir: str, metrics: Sequence[str] = DEFAULT_METRICS) -> str:
+    """Writes `<workdir>/curves.png` for one run (call on process 0 only); returns its path."""
+    return plot_curves([workdir], os.path.join(workdir, "curves.png"), metrics)
+
+
+def last_metrics(workdir: str) -> dict[str, tuple[int, dict[str, Any]] | None]:
+    """split -> (step, record) of the last logged step, or None when the split never logged."""
+    run = load_run(workdir)
+    return {
+        split: (max(run[split]), run[split][max(run[split])]) if run[split] else None
+        for split in SPLITS
+    }
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    return f"{value:.4g}"
+
+
+def markdown_table(workdirs: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS) -> str:
+    """A Markdown table: one row per run, its last train and eval step and `metrics` there."""
+    header = ["run", "train step", *(f"train {m}" for m in metrics)]
+    header += ["eval step", *(f"eval {m}" for m in metrics)]
+    rows = [header, ["---"] * len(header)]
+    for workdir, label in zip(workdirs, _labels(workdirs), strict=True):
+        row = [label]
+        for last in last_metrics(workdir).values():
+            step, record = last if last else (None, {})
+            row += [_cell(step), *(_cell(record.get(m)) for m in metrics)]
+        rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
