@@ -20,20 +20,21 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from t5x_like import decoding
+from t5x_like import decoding, distributed
 from t5x_like.benchmarking import decode, report, runs
+from t5x_like.cli import ConfigFlag, main_with_clear_errors
 from t5x_like.log_setup import setup_logging
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "benchmark.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
+# The multi-process flags (t5x_like/distributed.py): a train/decode benchmark on a pod.
+flags.adopt_module_key_flags(distributed)
+# Defined while parsing (ConfigFlag.parse): a misspelt override is a one-line error.
+_CONFIG = ConfigFlag(
     os.path.normpath(_DEFAULT_CONFIG) + ":cpu",
     "Config file (configs/benchmark.py:NAME or any experiment config with model.vocab_size "
     "set); override any field with --config.<section>.<field>=value.",
-    lock_config=True,
 )
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "decode", "dryrun"], "What to measure.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps.")
@@ -96,12 +97,15 @@ def _out_path(name: str, mode: str) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    setup_logging()
     mode = _MODE.value
     if mode == "dryrun" and _DRYRUN_DEVICES.value > 0:
         code = _use_fake_devices(_DRYRUN_DEVICES.value)
         if code is not None:
             sys.exit(code)
+    if mode != "dryrun":
+        # Before anything touches JAX devices; a dry run compiles for fake devices instead.
+        distributed.initialize_from_flags()
+    setup_logging()
     cfg = _CONFIG.value
     if mode == "train":
         profile_dir = os.path.join(os.path.dirname(_out_path(cfg.name, mode)), "profile")
@@ -135,4 +139,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_with_clear_errors(main), flags_parser=_CONFIG.parse)

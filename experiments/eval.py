@@ -23,6 +23,7 @@ import jax
 from absl import app, flags
 
 from t5x_like import distributed
+from t5x_like.cli import main_with_clear_errors
 from t5x_like.config import ConfigError
 from t5x_like.evaluation import evaluator
 from t5x_like.log_setup import setup_logging
@@ -76,4 +77,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_RUN.parse)
+    app.run(main_with_clear_errors(main), flags_parser=_RUN.parse)

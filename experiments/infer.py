@@ -23,6 +23,7 @@ import jax
 from absl import app, flags
 
 from t5x_like import decoding, distributed
+from t5x_like.cli import main_with_clear_errors
 from t5x_like.evaluation import decode_eval, restore
 from t5x_like.inference import generate_text, read_prompts
 from t5x_like.log_setup import setup_logging
@@ -86,4 +87,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_RUN.parse)
+    app.run(main_with_clear_errors(main), flags_parser=_RUN.parse)

@@ -13,7 +13,7 @@ import os
 from absl import app, flags
 
 from t5x_like import distributed
-from t5x_like.cli import ConfigFlag
+from t5x_like.cli import ConfigFlag, main_with_clear_errors
 from t5x_like.log_setup import setup_logging
 from t5x_like.training import trainer
 
@@ -43,4 +43,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_CONFIG.parse)
+    app.run(main_with_clear_errors(main), flags_parser=_CONFIG.parse)

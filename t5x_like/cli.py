@@ -9,6 +9,7 @@ flag and the fix; as `app.run`'s flags_parser it prints them and exits with stat
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any
@@ -111,3 +112,38 @@ class ConfigFlag:
             sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
             sys.exit(1)
         return rest
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message already says what to change: shown without a traceback."""
+    # Imported when an error happens: the scripts' start-up stays light.
+    from t5x_like import checkpointing, distributed, workdir
+    from t5x_like.data import sources
+    from t5x_like.training import nan_guard
+
+    return (
+        ConfigError,
+        FileNotFoundError,
+        sources.SplitNotFoundError,
+        workdir.WorkdirLockedError,
+        checkpointing.CheckpointSaveError,
+        checkpointing.CorruptCheckpointError,
+        distributed.DistributedError,
+        nan_guard.NonFiniteError,
+    )
+
+
+def main_with_clear_errors(main: Any) -> Any:
+    """Wraps a script's `main`: an error whose message names the fix ends the script with that
+    one message and exit status 1; T5X_LIKE_TRACEBACK=1 shows the traceback as well."""
+
+    def wrapped(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except Exception as e:
+            if not isinstance(e, _user_errors()) or os.environ.get("T5X_LIKE_TRACEBACK") == "1":
+                raise
+            sys.stderr.write(f"ERROR ({type(e).__name__}): {e}\n")
+            sys.exit(1)
+
+    return wrapped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -520,3 +521,23 @@ def test_scripts_report_a_misspelt_override_in_one_line(env):
     (_, eval_err), eval_rc = results["eval.py"]
     assert eval_rc == 1 and "Traceback" not in eval_err, eval_err
     assert "no field 'trian.steps' (did you mean --config.train.steps?)" in eval_err
+
+
+def test_train_reports_a_config_error_found_after_parsing_in_one_line(env):
+    """A value that parses but cannot work (found by validate_config in main) exits 1 with the
+    message alone; T5X_LIKE_TRACEBACK=1 brings the traceback back."""
+    args = [
+        sys.executable,
+        str(REPO / "experiments" / "train.py"),
+        "--workdir=" + str(env.root / "bad_shards"),
+        "--config.data.num_shards=3",
+        "--config.train.compilation_cache_dir=",
+    ]
+    quiet = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr, quiet.stderr
+    assert "ERROR (ConfigError): train.batch_size=16 is not divisible by data.num_shards=3" in (
+        quiet.stderr
+    )
+    env_vars = {**os.environ, "T5X_LIKE_TRACEBACK": "1"}
+    loud = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env_vars)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr
