@@ -107,6 +107,9 @@ def get_config() -> config_dict.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # Multi-slice TPU (or multi-process) runs: the data axis spans this many slices joined by
+    # the slow data-center network; fsdp and tensor stay inside a slice.
+    c.mesh.num_slices = 1
 
     # Logical axis -> mesh axes. Earlier rules win when two logical axes want the same mesh axis.
     c.partitioning = config_dict.ConfigDict()

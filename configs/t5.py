@@ -146,6 +146,9 @@ def get_config(arg: str = "tiny") -> config_dict.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # Multi-slice TPU (or multi-process) runs: the data axis spans this many slices joined by
+    # the slow data-center network; fsdp and tensor stay inside a slice.
+    c.mesh.num_slices = 1
 
     c.partitioning = config_dict.ConfigDict()
     # dp | fsdp | tp | fsdp_tp | custom: which parameters and activations are sharded over which

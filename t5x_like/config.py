@@ -50,7 +50,7 @@ _FIELD_TYPES = {
         _STR: "family activation norm norm_position position dtype param_dtype remat",
     },
     "data": {
-        _INT: "seq_len inputs_len targets_len vocab_size extra_ids",
+        _INT: "seq_len inputs_len targets_len vocab_size extra_ids num_shards",
         _NUMBER: "noise_density mean_noise_span_length",
         _BOOL: "pack",
         _STR: "task dataset data_dir train_split eval_split text_key inputs_key targets_key "
@@ -58,17 +58,18 @@ _FIELD_TYPES = {
     },
     "train": {
         _INT: "steps batch_size log_every eval_every eval_batches checkpoint_every max_to_keep "
-        "decode_batches init_step",
+        "decode_batches init_step microbatches",
         _NUMBER: "z_loss label_smoothing",
-        _BOOL: "eval_at_start async_checkpoint",
-        _STR: "init_from compilation_cache_dir",
+        _BOOL: "eval_at_start async_checkpoint allow_config_change",
+        _STR: "init_from compilation_cache_dir nan_policy",
     },
     "optimizer": {
         _INT: "warmup_steps",
         _NUMBER: "learning_rate end_lr_fraction weight_decay b1 b2 eps grad_clip_norm",
         _STR: "name schedule",
     },
-    "mesh": {_INT: "data fsdp tensor"},
+    "mesh": {_INT: "data fsdp tensor num_slices"},
+    "partitioning": {_STR: "preset"},
 }
 _IS_TYPE = {
     _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -325,6 +326,12 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
     _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm must be >= 0 (0 disables).")
 
     mesh = resolve_mesh_shape(cfg.mesh, device_count)
+    num_slices = cfg.mesh.get("num_slices", 1)
+    _require(
+        isinstance(num_slices, int) and num_slices >= 1 and mesh["data"] % num_slices == 0,
+        f"mesh.num_slices={num_slices!r} must be a positive integer dividing mesh.data="
+        f"{mesh['data']}: only the data axis spans slices.",
+    )
     batch_shards = mesh["data"] * mesh["fsdp"]
     _require(
         train.batch_size % batch_shards == 0,

@@ -309,9 +309,10 @@ def preflight(barrier_timeout: float = 120) -> None:
 
 def _sum_over_devices() -> int:
     """One per device, summed by a jitted collective over every device of every process."""
-    from jax.sharding import NamedSharding, PartitionSpec
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    mesh = jax.make_mesh((jax.device_count(),), ("all",), devices=jax.devices())
+    # A plain Mesh: jax.make_mesh refuses multi-slice TPU topologies, and order is irrelevant.
+    mesh = Mesh(np.asarray(jax.devices()), ("all",))
     ones = jax.make_array_from_process_local_data(
         NamedSharding(mesh, PartitionSpec("all")), np.ones(jax.local_device_count(), np.int32)
     )

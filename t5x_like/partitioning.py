@@ -34,8 +34,17 @@ from t5x_like.config import MESH_AXES, ConfigError
 Rules = tuple[tuple[str, Any], ...]
 
 
-def make_mesh(mesh_shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes (data, fsdp, tensor), all Auto (the compiler propagates shardings)."""
+def make_mesh(
+    mesh_shape: dict[str, int],
+    devices: Sequence[jax.Device] | None = None,
+    num_slices: int = 1,
+) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor), all Auto (the compiler propagates shardings).
+
+    `num_slices` > 1: the devices form that many groups joined by a slow network (TPU slices
+    over DCN; on other platforms, processes), and only `data` spans them: each slice holds
+    mesh.data / num_slices rows of the data axis and all of fsdp and tensor.
+    """
     shape = tuple(mesh_shape[axis] for axis in MESH_AXES)
     if devices is None:
         devices = jax.devices()
@@ -44,8 +53,37 @@ def make_mesh(mesh_shape: dict[str, int], devices: Sequence[jax.Device] | None =
             f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices "
             f"but {len(devices)} are available: change mesh.data/fsdp/tensor."
         )
-    return jax.make_mesh(
-        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if num_slices == 1:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    return Mesh(hybrid_device_grid(shape, devices, num_slices), MESH_AXES, axis_types=axis_types)
+
+
+def hybrid_device_grid(
+    shape: tuple[int, ...], devices: Sequence[Any], num_slices: int
+) -> np.ndarray:
+    """The [data, fsdp, tensor] device array of a multi-slice mesh: `data` split across the
+    slices (devices grouped by `slice_index`, or by process when they are all in one slice)."""
+    if shape[0] % num_slices:
+        raise ConfigError(
+            f"mesh.data={shape[0]} is not divisible by mesh.num_slices={num_slices}: only the "
+            "data axis spans slices, so make mesh.data a multiple of the slice count."
+        )
+    # Slices where the devices span several (TPU multi-slice), else processes (hosts).
+    by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
+    granules = {d.slice_index if by_slice else d.process_index for d in devices}
+    if len(granules) != num_slices:
+        kind = "slices" if by_slice else "processes"
+        raise ConfigError(
+            f"mesh.num_slices={num_slices}, but the {len(devices)} devices belong to "
+            f"{len(granules)} {kind}: set mesh.num_slices={len(granules)}."
+        )
+    from jax.experimental import mesh_utils
+
+    ici_shape = (shape[0] // num_slices,) + tuple(shape[1:])
+    dcn_shape = (num_slices,) + (1,) * (len(shape) - 1)
+    return mesh_utils.create_hybrid_device_mesh(
+        ici_shape, dcn_shape, devices, process_is_granule=not by_slice
     )
 
 

@@ -116,7 +116,9 @@ def test_two_processes_train_like_one_and_resume_on_another_count(corpus_dir, tm
     assert sorted(expected) == list(range(1, STEPS + 1))
     assert expected[STEPS]["loss"] < expected[1]["loss"]
 
-    codes, outputs = _run_job(_train_args(two, corpus_dir, cache, SAVED), 2, 4, logs)
+    # As two slices: the data axis spans the processes (a hybrid mesh), fsdp/tensor do not.
+    two_slices = _train_args(two, corpus_dir, cache, SAVED) + ["--config.mesh.num_slices=2"]
+    codes, outputs = _run_job(two_slices, 2, 4, logs)
     _assert_ok(codes, outputs)
     assert "All 2 processes joined; a collective over 8 devices works." in outputs[0]
     # Process 1 logs warnings and errors only; process 0 alone writes metrics (one line a step).

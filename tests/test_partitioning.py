@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_t5_config
 
-from t5x_like import partitioning
+from t5x_like import config, partitioning
 from t5x_like.config import ConfigError
 from t5x_like.training import experiment
 
@@ -125,3 +125,44 @@ def test_make_mesh_rejects_wrong_device_count():
 def test_rules_reject_unknown_mesh_axis():
     with pytest.raises(ConfigError, match="unknown mesh axis 'model'"):
         partitioning.rules_from_config([("embed", "model")])
+
+
+class _FakeTpu:
+    """Just what the multi-slice mesh code reads of a device (a CPU platform, so that the
+    per-slice layout is a plain reshape rather than a TPU torus search)."""
+
+    platform = "cpu"
+    device_kind = "fake"
+
+    def __init__(self, id_: int, slice_index: int):
+        self.id = id_
+        self.slice_index = slice_index
+        self.process_index = id_ // 2
+
+    def __repr__(self) -> str:
+        return f"d{self.id}s{self.slice_index}"
+
+
+def test_multi_slice_mesh_keeps_fsdp_and_tensor_inside_a_slice():
+    # 8 devices in 2 slices, listed interleaved so that order alone would mix the slices.
+    devices = [_FakeTpu(i, slice_index=i % 2) for i in range(8)]
+    grid = partitioning.hybrid_device_grid((4, 2, 1), devices, num_slices=2)
+    assert grid.shape == (4, 2, 1)
+    # Rows 0-1 of the data axis are slice 0, rows 2-3 slice 1: only `data` crosses slices.
+    slices = np.vectorize(lambda d: d.slice_index)(grid)
+    assert slices[:2].tolist() == [[[0], [0]]] * 2 and slices[2:].tolist() == [[[1], [1]]] * 2
+    assert sorted(d.id for d in grid.flat) == list(range(8))
+
+
+def test_multi_slice_mesh_errors_name_the_fix():
+    devices = [_FakeTpu(i, slice_index=i // 4) for i in range(8)]
+    with pytest.raises(ConfigError, match=r"mesh.data=3 is not divisible by mesh.num_slices=2"):
+        partitioning.hybrid_device_grid((3, 1, 1), devices[:3], num_slices=2)
+    with pytest.raises(ConfigError, match=r"belong to 2 slices: set mesh.num_slices=2"):
+        partitioning.hybrid_device_grid((8, 1, 1), devices, num_slices=4)
+    # One process of CPU devices (no slice_index) is one granule.
+    with pytest.raises(ConfigError, match=r"belong to 1 processes: set mesh.num_slices=1"):
+        partitioning.make_mesh({"data": 8, "fsdp": 1, "tensor": 1}, num_slices=2)
+    cfg = tiny_config(**{"mesh.data": 8, "mesh.num_slices": 3})
+    with pytest.raises(ConfigError, match=r"mesh.num_slices=3 must be a positive integer dividing"):
+        config.validate_config(cfg, 8)

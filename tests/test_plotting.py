@@ -11,7 +11,7 @@ from matplotlib import image as mpimg
 from testutil import REPO
 
 from t5x_like import plotting
-from t5x_like.training.metrics_writer import MetricsWriter
+from t5x_like.training.metrics_writer import MetricsWriter, read_metrics
 
 
 def _write_run(workdir: str, scale: float) -> str:
@@ -77,7 +77,7 @@ def test_missing_empty_or_unplottable_metrics_are_clear_errors(runs, tmp_path):
     with pytest.raises(ValueError, match=r"empty/metrics.jsonl has no train or eval records"):
         plotting.write_training_curves(str(empty))
     (empty / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss"')  # Cut short.
-    with pytest.raises(ValueError, match=r"empty/metrics.jsonl is not a metrics log"):
+    with pytest.raises(ValueError, match=r"empty/metrics.jsonl has no train or eval records"):
         plotting.markdown_table([str(empty)])
     with pytest.raises(ValueError, match=r"No run logged metric 'bleu'; choose among \['accu"):
         plotting.plot_curves(runs, str(tmp_path / "x.png"), ["loss", "bleu"])
@@ -106,3 +106,20 @@ def test_report_script_plots_two_runs_and_prints_the_table(runs, tmp_path):
     assert result.returncode != 0 and "Pass --out=<file.png>" in result.stderr
     result = _report(f"--workdirs={tmp_path / 'nowhere'}")
     assert result.returncode == 1 and "nowhere/metrics.jsonl does not exist" in result.stderr
+
+
+def test_a_record_cut_short_by_a_killed_run_is_skipped_and_the_resumed_run_logs_after_it(
+    tmp_path,
+):
+    workdir = str(tmp_path / "killed")
+    writer = MetricsWriter(workdir, enabled=True)
+    writer.write(1, "train", {"loss": 2.0})
+    writer.close()
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 2, "split": "train", "lo')  # The kill, mid-write.
+    writer = MetricsWriter(workdir, enabled=True)  # The relaunch.
+    writer.write(2, "train", {"loss": 1.5})
+    writer.close()
+    assert {step: r["loss"] for step, r in read_metrics(workdir).items()} == {1: 2.0, 2: 1.5}
+    assert "| killed | 2 | 1.5 |" in plotting.markdown_table([workdir])
+

@@ -14,6 +14,7 @@ from testutil import REPO
 
 from t5x_like import sweep
 from t5x_like.config import ConfigError
+from t5x_like.training.metrics_writer import read_metrics
 
 SCRIPT = str(REPO / "experiments" / "sweep.py")
 DECODER = str(REPO / "configs" / "decoder_only.py")
@@ -342,7 +343,7 @@ def test_real_sweep_trains_collects_and_skips_finished_runs(corpus_dir, tmp_path
     assert [float(r["optimizer.learning_rate"]) for r in rows] == [1e-3, 3e-3]
     assert [float(r["train.label_smoothing"]) for r in rows] == [0.0, 0.1]
     for row in rows:
-        metrics = sweep._read_jsonl(os.path.join(row["workdir"], "metrics.jsonl"))
+        metrics = {split: read_metrics(row["workdir"], split) for split in ("train", "eval")}
         assert row["status"] == "done" and row["step"] == row["eval_step"] == "4"
         assert float(row["train_loss"]) == metrics["train"][4]["loss"]
         assert float(row["eval_loss"]) == metrics["eval"][4]["loss"]

@@ -115,7 +115,7 @@ def assemble_experiment(
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = config_lib.validate_config(cfg, len(devices), jax.process_count())
     rules = partitioning.rules_for_config(cfg.partitioning, mesh_shape)
-    mesh = partitioning.make_mesh(mesh_shape, devices)
+    mesh = partitioning.make_mesh(mesh_shape, devices, cfg.mesh.get("num_slices", 1))
     if vocab is not None:
         _resolve_vocab_size(cfg, vocab.vocab_size)
     elif cfg.model.vocab_size is None:

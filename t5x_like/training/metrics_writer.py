@@ -23,7 +23,12 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(workdir, "metrics.jsonl")
+            self._jsonl = open(path, "a", encoding="utf-8")
+            if _ends_mid_line(path):
+                # A run killed while writing left half a record: start the next one on its own
+                # line (readers skip the broken one).
+                self._jsonl.write("\n")
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -53,12 +58,27 @@ def _to_python(value: Any) -> Any:
     return value
 
 
+def _ends_mid_line(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 def read_metrics(workdir: str, split: str = "train") -> dict[int, dict[str, Any]]:
-    """The last logged record of each step for `split` (later lines win, as after a resume)."""
+    """The last logged record of each step for `split` (later lines win, as after a resume).
+
+    A line that is not a complete JSON record (a run killed mid-write) is skipped.
+    """
     out: dict[int, dict[str, Any]] = {}
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         for line in f:
-            record = json.loads(line)
-            if record["split"] == split:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("split") == split:
                 out[record["step"]] = record
     return dict(sorted(out.items()))

@@ -1,4 +1,4 @@
-"""Ablation sweeps: a base config times a grid (or zipped lists) of field values, one run each.
+"""What a sweep is: its spec parsed and expanded into runs, each built, validated and named.
 
 A sweep spec names config fields and their values, e.g.
 
@@ -8,17 +8,14 @@ A sweep spec names config fields and their values, e.g.
 so tuples like `(1,2)` work). Grid axes are crossed (cartesian product); a zipped group pairs its
 axes' i-th values and counts as one axis of the product. Values are parsed exactly as
 experiments/train.py parses `--config.<field>=value` (ml_collections, by the field's type), and
-every run's config is built and validated before anything is launched.
-
-Each run gets a workdir `<root>/<name>` named after its swept values (`num_layers=2,
-learning_rate=0.001`), a launch command for experiments/train.py, and a row in the results table
-(`results.csv`, `results.md`) and plot (`results.png`) collected from its metrics.jsonl.
+every run's config is built and validated before anything is launched (`plan`). Each run gets a
+workdir `<root>/<name>` named after its swept values (`num_layers=2,learning_rate=0.001`) and a
+launch command for experiments/train.py; `<root>/sweep.json` records them all.
 """
 
 from __future__ import annotations
 
 import ast
-import csv
 import dataclasses
 import difflib
 import hashlib
@@ -28,7 +25,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -40,11 +36,11 @@ from ml_collections import config_dict
 
 from t5x_like import cli
 from t5x_like.config import ConfigError, validate_config
+from t5x_like.sweep.files import jsonable, load_json, write_json
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
 SWEEP_JSON = "sweep.json"
-RUN_RECORD = "sweep_run.json"  # Per-run launch history written by `launch_local`.
 MAX_NAME_LEN = 80
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
 _OPENERS, _CLOSERS = "([{", ")]}"
@@ -71,7 +67,7 @@ class Run:
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["overrides"] = {k: _jsonable(v) for k, v in self.overrides.items()}
+        out["overrides"] = {k: jsonable(v) for k, v in self.overrides.items()}
         out["command_line"] = shlex.join(self.command)
         return out
 
@@ -281,7 +277,7 @@ def format_value(value: Any) -> str:
 
 
 def _short_hash(obj: Any) -> str:
-    text = json.dumps(_jsonable(obj), sort_keys=True)
+    text = json.dumps(jsonable(obj), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -383,7 +379,7 @@ def write_sweep_json(root: str, spec: SweepSpec, fields: Sequence[str], runs: Se
     """`<root>/sweep.json`: the spec, the swept fields and every run (name, workdir, command)."""
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, SWEEP_JSON)
-    previous = _load_json(path)
+    previous = load_json(path)
     if previous and previous.get("spec") != dataclasses.asdict(spec):
         kept = {r["name"] for r in previous.get("runs", [])} - {r.name for r in runs}
         logging.warning(
@@ -398,7 +394,7 @@ def write_sweep_json(root: str, spec: SweepSpec, fields: Sequence[str], runs: Se
         "runs": [run.to_json() for run in runs],
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _write_json(path, record)
+    write_json(path, record)
     return path
 
 
@@ -413,339 +409,3 @@ def load_sweep_json(root: str) -> tuple[list[str], list[Run]]:
     with open(path, encoding="utf-8") as f:
         record = json.load(f)
     return record["fields"], [Run.from_json(r) for r in record["runs"]]
-
-
-# --------------------------------------------------------------------------- launching
-
-
-def _read_jsonl(path: str) -> dict[str, dict[int, dict[str, Any]]]:
-    """{split: {step: last record}} of a metrics.jsonl ({} if missing; torn lines skipped).
-
-    Same rule as training.metrics_writer.read_metrics (later lines win), all splits in one read.
-    """
-    out: dict[str, dict[int, dict[str, Any]]] = {}
-    if not os.path.isfile(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # A line cut short by a killed run.
-            out.setdefault(record["split"], {})[int(record["step"])] = record
-    return {split: dict(sorted(steps.items())) for split, steps in out.items()}
-
-
-def finished_step(run: Run) -> int | None:
-    """`run.steps` when the run logged a train record and saved a checkpoint at that step."""
-    metrics = _read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
-    logged = run.steps in metrics.get("train", {})
-    saved = os.path.isdir(os.path.join(run.workdir, "checkpoints", str(run.steps)))
-    return run.steps if logged and saved else None
-
-
-class _Terminated(Exception):
-    """SIGTERM reached the sweep while a run was going."""
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 60.0) -> None:
-    """SIGTERM (the trainer may save on it), then SIGKILL after `grace_s`."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def run_one(run: Run, timeout_s: float | None = None) -> dict[str, Any]:
-    """Runs `run.command` as a child process, its output appended to `<workdir>/train.log`.
-
-    Returns this launch's record (returncode, wall_s), also appended to `<workdir>/sweep_run.json`.
-    A SIGTERM or Ctrl-C to the sweep is passed on to the run before the sweep stops.
-    """
-    os.makedirs(run.workdir, exist_ok=True)
-    started = time.time()
-    with open(os.path.join(run.workdir, "train.log"), "a", encoding="utf-8") as log:
-        log.write(f"=== sweep launch {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: ")
-        log.write(shlex.join(run.command) + "\n")
-        log.flush()
-        process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            returncode = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _stop(process)
-            returncode = -signal.SIGKILL if process.returncode is None else process.returncode
-            log.write(f"=== sweep: run timed out after {timeout_s}s\n")
-        except BaseException:
-            _stop(process)
-            raise
-    launch = {"started": started, "wall_s": time.time() - started, "returncode": returncode}
-    record_path = os.path.join(run.workdir, RUN_RECORD)
-    record = _load_json(record_path) or {"launches": []}
-    record["launches"].append(launch)
-    _write_json(record_path, record)
-    return launch
-
-
-def launch_local(runs: Sequence[Run], timeout_s: float | None = None) -> dict[str, str]:
-    """Runs the unfinished runs one after another; returns {name: skipped|ok|failed}."""
-    outcome = {}
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _on_term(signum, frame):
-        raise _Terminated()
-
-    signal.signal(signal.SIGTERM, _on_term)
-    try:
-        for i, run in enumerate(runs):
-            done = finished_step(run)
-            if done is not None:
-                logging.info("skipping %s: finished at step %d", run.name, done)
-                outcome[run.name] = "skipped"
-                continue
-            logging.info(
-                "[%d/%d] launching %s: %s", i + 1, len(runs), run.name, shlex.join(run.command)
-            )
-            launch = run_one(run, timeout_s)
-            ok = launch["returncode"] == 0
-            outcome[run.name] = "ok" if ok else "failed"
-            log = os.path.join(run.workdir, "train.log")
-            if ok:
-                logging.info("%s finished in %.1fs.", run.name, launch["wall_s"])
-            else:
-                logging.error(
-                    "%s failed (exit %s) after %.1fs; see %s",
-                    run.name,
-                    launch["returncode"],
-                    launch["wall_s"],
-                    log,
-                )
-    except _Terminated:
-        logging.error("Sweep terminated (SIGTERM); the current run was stopped.")
-        raise SystemExit(128 + signal.SIGTERM) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return outcome
-
-
-def write_scripts(root: str, runs: Sequence[Run]) -> tuple[str, str]:
-    """`<root>/launch.sh` (all runs in turn, or only run I with `bash launch.sh I`) and
-    `<root>/sweep.sbatch` (a SLURM array whose task I runs line I). Nothing is run."""
-    os.makedirs(root, exist_ok=True)
-    launch = os.path.join(root, "launch.sh")
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# Sweep of {len(runs)} runs. `bash launch.sh` runs them one after another; "
-        "`bash launch.sh I` runs only run I (0-based), as sweep.sbatch's array task I does.",
-        "# Each run's output goes to <its workdir>/train.log. A rerun resumes from the last "
-        "checkpoint.",
-        "set -u",
-        "run() {",
-        '  case "$1" in',
-    ]
-    for i, run in enumerate(runs):
-        log = shlex.quote(os.path.join(run.workdir, "train.log"))
-        lines.append(
-            f"    {i}) mkdir -p {shlex.quote(run.workdir)} && {shlex.join(run.command)} "
-            f">> {log} 2>&1 ;;"
-        )
-    lines += [
-        '    *) echo "no run $1 (0..' + str(len(runs) - 1) + ')" >&2; return 2 ;;',
-        "  esac",
-        "}",
-        'if [[ $# -gt 0 ]]; then run "$1"; exit $?; fi',
-        "status=0",
-        f"for i in $(seq 0 {len(runs) - 1}); do",
-        '  run "$i" || { echo "run $i failed (exit $?)" >&2; status=1; }',
-        "done",
-        'exit "$status"',
-    ]
-    _write_text(launch, "\n".join(lines) + "\n")
-    os.chmod(launch, 0o755)
-    sbatch = os.path.join(root, "sweep.sbatch")
-    _write_text(
-        sbatch,
-        "\n".join(
-            [
-                "#!/usr/bin/env bash",
-                f"#SBATCH --job-name=sweep-{os.path.basename(root) or 'root'}",
-                f"#SBATCH --array=0-{len(runs) - 1}",
-                f"#SBATCH --output={os.path.join(root, 'slurm-%A_%a.out')}",
-                "# Add your cluster's --partition/--gres/--time lines here; submit with",
-                f"#   sbatch {shlex.quote(sbatch)}",
-                f'exec bash {shlex.quote(launch)} "$SLURM_ARRAY_TASK_ID"',
-            ]
-        )
-        + "\n",
-    )
-    return launch, sbatch
-
-
-# --------------------------------------------------------------------------- results
-
-RESULT_COLUMNS = (
-    "status",
-    "step",
-    "train_loss",
-    "eval_step",
-    "eval_loss",
-    "eval_accuracy",
-    "eval_perplexity",
-    "wall_s",
-)
-
-
-def run_status(run: Run, metrics: dict[str, dict[int, dict[str, Any]]]) -> str:
-    """done | failed (exit N) | incomplete (step S/N) | not started."""
-    if finished_step(run) is not None:
-        return "done"
-    record = _load_json(os.path.join(run.workdir, RUN_RECORD))
-    last_train = max(metrics.get("train", {}), default=0)
-    if record and record["launches"] and record["launches"][-1]["returncode"] != 0:
-        return f"failed (exit {record['launches'][-1]['returncode']})"
-    if metrics or os.path.isdir(os.path.join(run.workdir, "checkpoints")):
-        return f"incomplete (step {last_train}/{run.steps})"
-    return "not started"
-
-
-def collect(fields: Sequence[str], runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per run: swept values, status and its final train/eval metrics (None if absent)."""
-    rows = []
-    for run in runs:
-        metrics = _read_jsonl(os.path.join(run.workdir, "metrics.jsonl"))
-        train, evals = metrics.get("train", {}), metrics.get("eval", {})
-        last_train = train[max(train)] if train else {}
-        last_eval = evals[max(evals)] if evals else {}
-        record = _load_json(os.path.join(run.workdir, RUN_RECORD))
-        wall = sum(x["wall_s"] for x in record["launches"]) if record else None
-        row: dict[str, Any] = {"name": run.name}
-        row.update({f: run.overrides.get(f) for f in fields})
-        row.update(
-            status=run_status(run, metrics),
-            step=max(train) if train else None,
-            train_loss=last_train.get("loss"),
-            eval_step=max(evals) if evals else None,
-            eval_loss=last_eval.get("loss"),
-            eval_accuracy=last_eval.get("accuracy"),
-            eval_perplexity=last_eval.get("perplexity"),
-            wall_s=wall,
-            workdir=run.workdir,
-        )
-        rows.append(row)
-    return rows
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return format_value(value)
-
-
-def markdown_table(fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    """The results as a Markdown table (numbers to 4 significant digits)."""
-    columns = ["name", *fields, *RESULT_COLUMNS]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(root: str, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[str]:
-    """`results.csv` (full precision), `results.md` and `results.png` in `root`; their paths."""
-    columns = ["name", *fields, *RESULT_COLUMNS, "workdir"]
-    csv_path = os.path.join(root, "results.csv")
-    with open(csv_path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else _csv_value(row[c]) for c in columns})
-    md_path = os.path.join(root, "results.md")
-    _write_text(md_path, markdown_table(fields, rows))
-    png_path = os.path.join(root, "results.png")
-    plot_results(png_path, rows)
-    return [csv_path, md_path, png_path]
-
-
-def _csv_value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else format_value(value)
-
-
-def plot_results(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Eval loss vs step per run (train loss dashed), and each run's final eval loss as bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (curves, bars) = plt.subplots(
-        1, 2, figsize=(13, 0.5 * max(len(rows), 8) + 1), gridspec_kw={"width_ratios": [3, 2]}
-    )
-    for i, row in enumerate(rows):
-        metrics = _read_jsonl(os.path.join(row["workdir"], "metrics.jsonl"))
-        color = f"C{i % 10}"
-        for split, style in (("eval", "o-"), ("train", "--")):
-            steps = metrics.get(split, {})
-            if steps:
-                curves.plot(
-                    list(steps),
-                    [r.get("loss", math.nan) for r in steps.values()],
-                    style,
-                    color=color,
-                    alpha=1.0 if split == "eval" else 0.35,
-                    markersize=3,
-                    label=row["name"] if split == "eval" else None,
-                )
-    curves.set(xlabel="step", ylabel="loss", title="eval loss (solid), train loss (dashed)")
-    curves.grid(alpha=0.3)
-    if curves.get_legend_handles_labels()[0]:
-        curves.legend(fontsize=7)
-    names = [row["name"] for row in rows]
-    finals = [math.nan if row["eval_loss"] is None else row["eval_loss"] for row in rows]
-    bars.barh(range(len(rows)), finals, color=[f"C{i % 10}" for i in range(len(rows))])
-    bars.set_yticks(range(len(rows)), names, fontsize=7)
-    bars.invert_yaxis()
-    for i, value in enumerate(finals):
-        if not math.isnan(value):
-            bars.text(value, i, f" {value:.3f}", va="center", fontsize=7)
-    finite = [v for v in finals if not math.isnan(v)]
-    if finite:  # Zoomed in: runs of a sweep differ by a fraction of their loss.
-        bars.set_xlim(0.95 * min(finite), 1.03 * max(finite))
-    bars.set(xlabel="final eval loss", title="final eval loss per run")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _load_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, record: Any) -> None:
-    _write_text(path, json.dumps(record, indent=2) + "\n")
