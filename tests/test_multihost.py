@@ -12,7 +12,7 @@ import time
 
 import pytest
 from absl import logging
-from testutil import REPO
+from testutil import REPO, tiny_train_args
 
 from t5x_like import distributed, log_setup
 from t5x_like.data import sharded_iterator
@@ -33,25 +33,12 @@ def _free_port() -> int:
 def _train_args(workdir, data_dir, cache_dir, steps):
     # A constant schedule: a run stopped at SAVED and resumed to STEPS follows the same
     # learning rates as one run of STEPS.
-    return [
-        str(REPO / "experiments" / "train.py"),
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.vocab_size=256",
-        "--config.data.seq_len=32",
-        "--config.model.d_model=32",
-        "--config.model.num_layers=1",
-        "--config.model.num_heads=2",
-        "--config.model.mlp_dim=64",
-        "--config.train.batch_size=8",
-        f"--config.train.steps={steps}",
-        "--config.train.log_every=1",
-        "--config.train.eval_every=0",
-        "--config.train.checkpoint_every=3",
-        f"--config.train.compilation_cache_dir={cache_dir}",
-        "--config.optimizer.schedule=constant",
-        "--config.optimizer.warmup_steps=2",
-    ]
+    fields = {
+        "train.checkpoint_every": 3,
+        "optimizer.schedule": "constant",
+        "optimizer.warmup_steps": 2,
+    }
+    return tiny_train_args(workdir, data_dir, steps, cache_dir, **fields)
 
 
 def _run_job(args, processes, devices_each, log_dir, timeout=JOB_TIMEOUT_S, extra=()):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from testutil import REPO, tiny_config
+from testutil import REPO, corpus_config, tiny_config
 
 from t5x_like import config as config_lib
 from t5x_like import workdir as workdir_lib
@@ -22,14 +22,6 @@ with workdir.WorkdirLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
 """
-
-
-def _corpus_config(data_dir, **overrides):
-    cfg = tiny_config(**overrides)
-    cfg.model.vocab_size = None
-    cfg.data.data_dir = data_dir
-    cfg.data.vocab_size = 256
-    return cfg
 
 
 @pytest.fixture
@@ -51,7 +43,7 @@ def lock_holder(tmp_path):
 
 def test_second_run_refuses_until_the_holder_dies(lock_holder, corpus_dir):
     workdir, proc = lock_holder
-    cfg = _corpus_config(corpus_dir)
+    cfg = corpus_config(corpus_dir)
     before = compilation.compile_count()
     with pytest.raises(workdir_lib.WorkdirLockedError) as info:
         trainer.train(cfg, workdir)
@@ -85,10 +77,10 @@ def _saved_run(tmp_path, checkpoints: bool, cfg=None) -> tuple[str, object]:
 
 def test_changed_model_shape_is_refused_with_a_diff(tmp_path, corpus_dir, caplog):
     caplog.set_level(logging.INFO)
-    saved_cfg = _corpus_config(corpus_dir)
+    saved_cfg = corpus_config(corpus_dir)
     saved_cfg.model.vocab_size = 256  # Resolved from the vocabulary, as a run saves it.
     workdir, _ = _saved_run(tmp_path, checkpoints=True, cfg=saved_cfg)
-    cfg = _corpus_config(corpus_dir, **{"model.num_layers": 4, "train.steps": 20})
+    cfg = corpus_config(corpus_dir, **{"model.num_layers": 4, "train.steps": 20})
     saved = open(os.path.join(workdir, "config.json")).read()
     before = compilation.compile_count()
     with pytest.raises(workdir_lib.ConfigChangeError) as info:

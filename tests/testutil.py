@@ -44,6 +44,39 @@ def tiny_config(**overrides):
     return _shrink(cfg, overrides)
 
 
+def corpus_config(data_dir, **overrides):
+    """`tiny_config` on the embedded corpus in `data_dir` (the `corpus_dir` fixture), with the
+    model's vocabulary size resolved from its cached 256-piece vocabulary."""
+    cfg = tiny_config(**overrides)
+    cfg.model.vocab_size = None
+    cfg.data.data_dir = data_dir
+    cfg.data.vocab_size = 256
+    return cfg
+
+
+def tiny_train_args(workdir, data_dir, steps, cache_dir="", **overrides):
+    """experiments/train.py and its flags for a tiny decoder-only run on the corpus (a 1-layer,
+    32-wide model, batch 8 x 32 tokens, logging every step, no eval); `overrides` are
+    further config fields, e.g. tiny_train_args(..., **{"model.dropout_rate": 0.1})."""
+    fields = {
+        "data.data_dir": data_dir,
+        "data.vocab_size": 256,
+        "data.seq_len": 32,
+        "model.d_model": 32,
+        "model.num_layers": 1,
+        "model.num_heads": 2,
+        "model.mlp_dim": 64,
+        "train.batch_size": 8,
+        "train.steps": steps,
+        "train.log_every": 1,
+        "train.eval_every": 0,
+        "train.compilation_cache_dir": cache_dir,
+        **overrides,
+    }
+    flags = [f"--config.{name}={value}" for name, value in fields.items()]
+    return [str(REPO / "experiments" / "train.py"), f"--workdir={workdir}", *flags]
+
+
 def tiny_t5_config(**overrides):
     """configs/t5.py (T5 v1.1) shrunk like `tiny_config`: 16 encoder / 8 decoder tokens."""
     cfg = load_config("t5")

@@ -13,21 +13,12 @@ import time
 import jax.numpy as jnp
 import pytest
 from orbax.checkpoint._src.path import atomicity
-from testutil import tiny_config
+from testutil import corpus_config
 
 from t5x_like import checkpointing
 from t5x_like.training import experiment, trainer
 from t5x_like.training.metrics_writer import read_metrics
 from t5x_like.training.train_state import TrainState
-
-
-def _corpus_config(data_dir, **overrides):
-    cfg = tiny_config(**overrides)
-    cfg.model.vocab_size = None
-    cfg.data.data_dir = data_dir
-    cfg.data.vocab_size = 256
-    return cfg
-
 
 SETTINGS = {"train.steps": 8, "train.checkpoint_every": 2}
 
@@ -36,7 +27,7 @@ SETTINGS = {"train.steps": 8, "train.checkpoint_every": 2}
 def trained(corpus_dir, tmp_path_factory):
     """(workdir with checkpoints 4, 6, 8, its config, the abstract state)."""
     workdir = str(tmp_path_factory.mktemp("trained") / "run")
-    cfg = _corpus_config(corpus_dir, **SETTINGS)
+    cfg = corpus_config(corpus_dir, **SETTINGS)
     trainer.train(cfg, workdir)
     exp = experiment.build_experiment(cfg)
     return workdir, cfg, experiment.state_shardings(exp)[0]
@@ -128,7 +119,7 @@ def test_resume_past_a_corrupt_latest_keeps_good_checkpoints(trained, corpus_dir
     directory = _copy(trained, tmp_path)
     workdir = os.path.dirname(directory)
     _truncate_data_files(os.path.join(directory, "8"))
-    result = trainer.train(_corpus_config(corpus_dir, **SETTINGS), workdir)
+    result = trainer.train(corpus_config(corpus_dir, **SETTINGS), workdir)
     assert result["start_step"] == 6
     names = sorted(os.listdir(directory))
     assert [n for n in names if n.isdigit()] == ["4", "6", "8"]
@@ -184,7 +175,7 @@ def test_failed_save_stops_training(corpus_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", fail_step_2)
     with pytest.raises(checkpointing.CheckpointSaveError) as info:
-        trainer.train(_corpus_config(corpus_dir, **SETTINGS), workdir)
+        trainer.train(corpus_config(corpus_dir, **SETTINGS), workdir)
     assert str(info.value).startswith(f"Checkpoint save of step 2 to {workdir}/checkpoints failed")
     assert str(info.value).endswith("training resumes from scratch (no checkpoint yet).")
     assert 3 <= max(read_metrics(workdir, "train")) <= 4

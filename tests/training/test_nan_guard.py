@@ -9,19 +9,11 @@ import os
 import jax
 import numpy as np
 import pytest
-from testutil import tiny_config
+from testutil import corpus_config
 
 from t5x_like import checkpointing
 from t5x_like.training import experiment, nan_guard, trainer
 from t5x_like.training.metrics_writer import read_metrics
-
-
-def _corpus_config(data_dir, **overrides):
-    cfg = tiny_config(**overrides)
-    cfg.model.vocab_size = None
-    cfg.data.data_dir = data_dir
-    cfg.data.vocab_size = 256
-    return cfg
 
 
 class _PoisonedIterator:
@@ -71,7 +63,7 @@ def test_stop_policy_names_the_step_and_keeps_the_last_good_checkpoint(
     workdir = str(tmp_path / "run")
     poison_step(4)
     # Logged every 3 steps: step 4's loss is only fetched by the check before the save at 4.
-    cfg = _corpus_config(
+    cfg = corpus_config(
         corpus_dir, **{"train.steps": 8, "train.checkpoint_every": 2, "train.log_every": 3}
     )
     with pytest.raises(nan_guard.NonFiniteError) as info:
@@ -89,7 +81,7 @@ def test_skip_policy_leaves_params_unchanged_on_the_bad_step(corpus_dir, tmp_pat
     workdir = str(tmp_path / "run")
     poison_step(4)
     settings = {"train.steps": 6, "train.checkpoint_every": 1, "train.max_to_keep": 10}
-    cfg = _corpus_config(corpus_dir, **settings, **{"train.nan_policy": "skip"})
+    cfg = corpus_config(corpus_dir, **settings, **{"train.nan_policy": "skip"})
     result = trainer.train(cfg, workdir)
     assert "stopped" not in result and _steps(workdir) == [1, 2, 3, 4, 5, 6]
 

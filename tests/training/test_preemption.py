@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from testutil import REPO
+from testutil import tiny_train_args
 
 from t5x_like.training import preemption
 from t5x_like.training.metrics_writer import read_metrics
@@ -16,27 +16,13 @@ STEPS = 400
 
 
 def _train_command(workdir, data_dir, cache_dir):
-    return [
-        sys.executable,
-        str(REPO / "experiments" / "train.py"),
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.vocab_size=256",
-        "--config.data.seq_len=32",
-        "--config.model.d_model=32",
-        "--config.model.num_layers=1",
-        "--config.model.num_heads=2",
-        "--config.model.mlp_dim=64",
-        "--config.model.dropout_rate=0.1",
-        "--config.train.batch_size=8",
-        f"--config.train.steps={STEPS}",
-        "--config.train.log_every=1",
-        "--config.train.eval_every=0",
+    fields = {
+        "model.dropout_rate": 0.1,
         # Only the final step and the preemption save checkpoints.
-        f"--config.train.checkpoint_every={10 * STEPS}",
-        f"--config.train.compilation_cache_dir={cache_dir}",
-        "--config.optimizer.warmup_steps=10",
-    ]
+        "train.checkpoint_every": 10 * STEPS,
+        "optimizer.warmup_steps": 10,
+    }
+    return [sys.executable, *tiny_train_args(workdir, data_dir, STEPS, cache_dir, **fields)]
 
 
 def _logged_steps(workdir):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from testutil import REPO
+from testutil import REPO, tiny_train_args
 
 from t5x_like.training.metrics_writer import read_metrics
 
@@ -21,23 +21,10 @@ def _free_port() -> int:
 
 
 def _command(workdir, data_dir, cache_dir, port, process_id):
+    fields = {"train.checkpoint_every": 10 * STEPS}
     return [
         sys.executable,
-        str(REPO / "experiments" / "train.py"),
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.vocab_size=256",
-        "--config.data.seq_len=32",
-        "--config.model.d_model=32",
-        "--config.model.num_layers=1",
-        "--config.model.num_heads=2",
-        "--config.model.mlp_dim=64",
-        "--config.train.batch_size=8",
-        f"--config.train.steps={STEPS}",
-        "--config.train.log_every=1",
-        "--config.train.eval_every=0",
-        f"--config.train.checkpoint_every={10 * STEPS}",
-        f"--config.train.compilation_cache_dir={cache_dir}",
+        *tiny_train_args(workdir, data_dir, STEPS, cache_dir, **fields),
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
         f"--process_id={process_id}",

@@ -9,19 +9,11 @@ import time
 
 import matplotlib.image
 import pytest
-from testutil import REPO, tiny_config
+from testutil import corpus_config, tiny_train_args
 
 from t5x_like.config import ConfigError
 from t5x_like.training import compilation, experiment, trainer
 from t5x_like.training.metrics_writer import read_metrics
-
-
-def _corpus_config(data_dir, **overrides):
-    cfg = tiny_config(**overrides)
-    cfg.model.vocab_size = None
-    cfg.data.data_dir = data_dir
-    cfg.data.vocab_size = 256
-    return cfg
 
 
 def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
@@ -32,7 +24,7 @@ def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
     """
     workdir = str(tmp_path / "run")
     settings = {"train.eval_every": 3, "train.checkpoint_every": 2, "train.eval_batches": 2}
-    result = trainer.train(_corpus_config(corpus_dir, **settings, **{"train.steps": 6}), workdir)
+    result = trainer.train(corpus_config(corpus_dir, **settings, **{"train.steps": 6}), workdir)
     assert result["start_step"] == 0
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
     saved = json.load(open(os.path.join(workdir, "config.json")))
@@ -57,7 +49,7 @@ def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
     # Resume: continues from step 6 without an eval at start. The restored state has the
     # shardings the train step was compiled for: steps 8 and 9 compile nothing.
     settings["train.checkpoint_every"] = 5
-    result = trainer.train(_corpus_config(corpus_dir, **settings, **{"train.steps": 10}), workdir)
+    result = trainer.train(corpus_config(corpus_dir, **settings, **{"train.steps": 10}), workdir)
     assert result["start_step"] == 6
     train = read_metrics(workdir, "train")
     assert sorted(train) == list(range(1, 11))
@@ -67,7 +59,7 @@ def test_train_writes_outputs_and_never_recompiles(corpus_dir, tmp_path):
 
 
 def test_missing_dataset_fails_before_compilation(tmp_path):
-    cfg = _corpus_config(str(tmp_path), **{"data.dataset": "no_such_dataset"})
+    cfg = corpus_config(str(tmp_path), **{"data.dataset": "no_such_dataset"})
     before = compilation.compile_count()
     with pytest.raises(Exception, match=r"no_such_dataset") as info:
         experiment.build_experiment(cfg)
@@ -76,32 +68,18 @@ def test_missing_dataset_fails_before_compilation(tmp_path):
 
 
 def test_unknown_split_is_a_config_error(corpus_dir):
-    cfg = _corpus_config(corpus_dir, **{"data.train_split": "training"})
+    cfg = corpus_config(corpus_dir, **{"data.train_split": "training"})
     with pytest.raises(ConfigError, match=r"no split 'training'; it has \['train', 'validation'\]"):
         experiment.build_experiment(cfg)
 
 
 def _train_command(workdir, data_dir, cache_dir, steps):
-    return [
-        sys.executable,
-        str(REPO / "experiments" / "train.py"),
-        f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}",
-        "--config.data.vocab_size=256",
-        "--config.data.seq_len=32",
-        "--config.model.d_model=32",
-        "--config.model.num_layers=1",
-        "--config.model.num_heads=2",
-        "--config.model.mlp_dim=64",
-        "--config.model.dropout_rate=0.1",
-        "--config.train.batch_size=8",
-        f"--config.train.steps={steps}",
-        "--config.train.log_every=1",
-        "--config.train.eval_every=0",
-        "--config.train.checkpoint_every=20",
-        f"--config.train.compilation_cache_dir={cache_dir}",
-        "--config.optimizer.warmup_steps=10",
-    ]
+    fields = {
+        "model.dropout_rate": 0.1,
+        "train.checkpoint_every": 20,
+        "optimizer.warmup_steps": 10,
+    }
+    return [sys.executable, *tiny_train_args(workdir, data_dir, steps, cache_dir, **fields)]
 
 
 def test_killed_run_resumes_bit_identically(corpus_dir, tmp_path):
