@@ -82,6 +82,10 @@ def get_config() -> config_dict.ConfigDict:
     c.train.allow_config_change = False
     c.train.z_loss = 1e-4
     c.train.label_smoothing = 0.0
+    # > 0: the LM head and the loss run fused, this many positions of every row at a time, so
+    # the [batch, length, vocab] logits never exist at once (training/chunked_loss.py; same
+    # loss and gradients up to float rounding). 0: all logits, then the loss.
+    c.train.loss_chunk_size = 0
     # Fine-tuning: start from the params (not the optimizer) of a checkpoint directory
     # (<workdir>/checkpoints or a workdir) at init_step (None: its latest step).
     c.train.init_from = config_dict.placeholder(str)

@@ -58,7 +58,7 @@ _FIELD_TYPES = {
     },
     "train": {
         _INT: "steps batch_size log_every eval_every eval_batches checkpoint_every max_to_keep "
-        "decode_batches init_step microbatches",
+        "decode_batches init_step microbatches loss_chunk_size",
         _NUMBER: "z_loss label_smoothing",
         _BOOL: "eval_at_start async_checkpoint allow_config_change",
         _STR: "init_from compilation_cache_dir nan_policy",
@@ -296,6 +296,11 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
         "spread over the other tokens (0 disables it; 0.1 is common).",
     )
     _require(train.z_loss >= 0.0, "train.z_loss must be >= 0.")
+    _require(
+        (train.get("loss_chunk_size") or 0) >= 0,
+        f"train.loss_chunk_size={train.get('loss_chunk_size')} must be >= 0: positions of each "
+        "row per chunk of the fused LM head + loss (0 computes all logits at once).",
+    )
     _check_choice(train.get("nan_policy", "stop"), "train.nan_policy", NAN_POLICIES)
     _require(
         isinstance(train.get("allow_config_change", False), bool),

@@ -1,6 +1,9 @@
 """KV-cache decoding: cached logits equal full forward passes, greedy equals a reference loop,
 beam search and sampling agree with greedy where they must, EOS stops rows, seeds reproduce,
-beam search is exact when it may keep every candidate, and a sharded mesh decodes the same."""
+beam search is exact when it may keep every candidate, a sharded mesh decodes the same, and
+the compiled decoding loop neither transposes nor copies the KV cache."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +94,20 @@ def test_cached_logits_equal_full_forward_at_every_position(variant):
         worst = max(worst, float(np.abs(cached - full).max()))
         np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
     print(f"cached vs full forward, max abs logit difference {worst:.2e}")
+
+
+def test_prefill_logits_of_the_last_position_only_equal_the_full_prefill():
+    model, params = _decoder_only(position="rope", num_kv_heads=2)
+    prompts = decoding.left_pad(PROMPTS)
+    decoder = decoding.CachedDecoder(model, params, prompts)
+    positions = np.maximum(np.cumsum(prompts["segment_ids"], axis=1) - 1, 0)
+    args = (prompts["tokens"], prompts["segment_ids"], positions)
+    cache = decoder.init_cache(len(PROMPTS), prompts["tokens"].shape[1] + 2)
+    full, full_cache = decoder.step(cache, *args)
+    last, last_cache = decoder.step(cache, *args, last_only=True)
+    assert last.shape == (len(PROMPTS), 1, VOCAB)
+    np.testing.assert_allclose(last, full[:, -1:], atol=1e-6, rtol=0)
+    jax.tree.map(np.testing.assert_array_equal, last_cache, full_cache)
 
 
 def test_encoder_decoder_cached_logits_equal_full_forward():
@@ -274,3 +291,54 @@ def test_bad_decode_settings_are_clear_errors():
         decoding.DecodeConfig(top_p=0)
     with pytest.raises(ValueError, match="at least one token"):
         decoding.left_pad([[1, 2], []])
+
+
+def _called_computations(hlo: str, root: str) -> list[str]:
+    """The lines of HLO computation `root` and of every computation it calls, transitively."""
+    computations: dict[str, list[str]] = {}
+    name = None
+    for line in hlo.splitlines():
+        header = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+        if header:
+            name = header.group(1)
+            computations[name] = []
+        elif line.startswith("}"):
+            name = None
+        elif name is not None:
+            computations[name].append(line)
+    seen, todo, lines = set(), [root], []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        lines += computations[name]
+        for line in computations[name]:
+            todo += [c for c in re.findall(r"%([\w.\-]+)", line) if c in computations]
+    return lines
+
+
+@pytest.mark.parametrize("family", ["decoder_only", "encoder_decoder"])
+def test_the_decoding_loop_does_not_transpose_or_copy_the_cache(family):
+    """XLA reads the heads-major cache as stored and appends to it in place: no instruction of
+    the compiled loop body transposes or copies an array of the KV cache's shape."""
+    if family == "decoder_only":
+        model, params = _decoder_only(position="rope", num_kv_heads=2)
+        prompts = decoding.left_pad(PROMPTS)
+        cache_len, heads = prompts["tokens"].shape[1] + 8, 2
+    else:
+        (model, params), prompts = _t5(), _t5_prompts()
+        cache_len, heads = 1 + 8, 4
+    config = decoding.DecodeConfig(max_new_tokens=8)
+    fn = jax.jit(lambda p, x: decoding.generate(model, p, x, config, eos_id=None).tokens)
+    hlo = fn.lower(params, prompts).compile().as_text()
+    bodies = re.findall(r"\bwhile\(.*\bbody=%([\w.\-]+)", hlo)
+    assert len(bodies) == 1, "expected one decoding loop"
+    cache_dims = sorted((len(PROMPTS), cache_len, heads, 32 // 4))
+    offending = []
+    for line in _called_computations(hlo, bodies[0]):
+        op = re.search(r"= \w+\[([\d,]*)\]\S* (transpose|copy)\(", line)
+        dims = [int(d) for d in op.group(1).split(",") if d not in ("", "1")] if op else []
+        if sorted(dims) == cache_dims:
+            offending.append(line.strip()[:160])
+    assert not offending, "\n".join(offending)

@@ -1,9 +1,9 @@
 """Multi-head attention with grouped KV heads (MHA / GQA / MQA), causal and packing masks.
 
 The same module serves self-attention (decoder-only and T5 encoder/decoder) and cross-attention
-(T5 decoder over encoder outputs). The softmax itself is `jax.nn.dot_product_attention`, which
-picks XLA's or cuDNN's kernel; we only build projections, RoPE, masks and biases (T5's relative
-position bias) around it.
+(T5 decoder over encoder outputs): projections, RoPE, masks and biases (T5's relative position
+bias) around `dot_product_attention`, the math of `jax.nn.dot_product_attention`'s XLA path as
+plain einsums.
 """
 
 import flax.linen as nn
@@ -18,6 +18,43 @@ from t5x_like.layers.linear import dense
 
 # checkpoint_name tags of the Q/K/V projection outputs, for the "save_qkv_proj" remat policy.
 QKV_PROJ_NAMES = ("query_proj", "key_proj", "value_proj")
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """softmax(scale * q k^T + bias, where mask) v: q [B, T, H, D], k and v [B, S, KH, D] (H a
+    multiple of KH), mask [B|1, 1, T, S], bias [B|1, H, T, S]; scale None: 1/sqrt(D).
+
+    The same computation as `jax.nn.dot_product_attention`'s XLA implementation (float32
+    logits and softmax, the same fill value for masked logits), but with 4-D [B, H, T, S]
+    logits when there are as many KV heads as query heads: that function always vmaps a 5-D
+    grouped form, which XLA:CPU runs ~1.7x slower (forward + backward) at the shapes of
+    configs/benchmark.py:cpu. Grouped KV heads keep the grouped form.
+    """
+    b, t, heads, d = q.shape
+    kv_heads, s = k.shape[2], k.shape[1]
+    f32 = jnp.float32
+    if kv_heads == heads:
+        logits = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=f32)
+    else:
+        q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=f32)
+        logits = logits.reshape(b, heads, t, s)
+    logits = logits * jnp.asarray(d**-0.5 if scale is None else scale, f32)
+    if bias is not None:
+        logits = logits + bias.astype(f32)
+    logits = jnp.where(mask, logits, jnp.asarray(-0.7 * jnp.finfo(f32).max, f32))
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if kv_heads == heads:
+        return jnp.einsum("bnts,bsnd->btnd", probs, v)
+    probs = probs.reshape(b, kv_heads, heads // kv_heads, t, s)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
 
 
 def make_attention_mask(
@@ -46,6 +83,24 @@ def default_segments_and_positions(
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     return segment_ids, positions
+
+
+# Keys and values in the decoding cache are heads-major, [B, KH, L, D]: the layout the attention
+# dots over the cache read. Stored as [B, L, KH, D], XLA transposed the whole cache in every
+# layer at every decoding step. The layout is internal (never checkpointed).
+_CACHE_AXES = ("batch", "kv_heads", "length", "kv")
+
+
+def _to_cache_layout(x: jax.Array) -> jax.Array:
+    """[B, L, KH, D] -> the cache's [B, KH, L, D]."""
+    return nn.with_logical_constraint(jnp.swapaxes(x, 1, 2), _CACHE_AXES)
+
+
+def _from_cache_layout(x: jax.Array) -> jax.Array:
+    """The cache's [B, KH, L, D] -> [B, L, KH, D] (a logical transpose: XLA reads the cache as
+    it is stored)."""
+    x = nn.with_logical_constraint(x, _CACHE_AXES)
+    return jnp.swapaxes(x, 1, 2)
 
 
 class DecodeState(nn.Module):
@@ -115,7 +170,11 @@ class Attention(nn.Module):
         cfg = self.config
         if self.decode and self.is_cross and self.has_variable("cache", "cached_key"):
             cache = self.variables["cache"]
-            return cache["cached_key"], cache["cached_value"]
+            # The barrier keeps XLA from hoisting the layout change out of the decoding loop
+            # (these keys/values never change in it): hoisted, it cancels the cache's own
+            # transpose and the loop transposes the encoder keys/values back at every step.
+            k, v = lax.optimization_barrier((cache["cached_key"], cache["cached_value"]))
+            return _from_cache_layout(k), _from_cache_layout(v)
         k = self._project(kv_input, cfg.kv_heads, "kv_heads", "key")
         v = self._project(kv_input, cfg.kv_heads, "kv_heads", "value")
         if self.use_rope:
@@ -125,10 +184,11 @@ class Attention(nn.Module):
         if not self.decode:
             return k, v
         initialized = self.has_variable("cache", "cached_key")
+        new_k, new_v = _to_cache_layout(k), _to_cache_layout(v)
         # Cross-attention caches the projected encoder outputs themselves; self-attention starts
         # empty (zeros that do not depend on k, so the cache-creating pass can be pruned).
-        init_k = (lambda: k) if self.is_cross else (lambda: jnp.zeros_like(k))
-        init_v = (lambda: v) if self.is_cross else (lambda: jnp.zeros_like(v))
+        init_k = (lambda: new_k) if self.is_cross else (lambda: jnp.zeros_like(new_k))
+        init_v = (lambda: new_v) if self.is_cross else (lambda: jnp.zeros_like(new_v))
         cached_k = self.variable("cache", "cached_key", init_k)
         cached_v = self.variable("cache", "cached_value", init_v)
         if self.is_cross:
@@ -136,15 +196,11 @@ class Attention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         if not initialized:
             return k, v
-        start = (0, index.value, 0, 0)
-        cached_k.value = lax.dynamic_update_slice(cached_k.value, k, start)
-        cached_v.value = lax.dynamic_update_slice(cached_v.value, v, start)
+        start = (0, 0, index.value, 0)
+        cached_k.value = lax.dynamic_update_slice(cached_k.value, new_k, start)
+        cached_v.value = lax.dynamic_update_slice(cached_v.value, new_v, start)
         index.value = index.value + k.shape[1]
-        axes = ("batch", "length", "kv_heads", "kv")
-        return (
-            nn.with_logical_constraint(cached_k.value, axes),
-            nn.with_logical_constraint(cached_v.value, axes),
-        )
+        return _from_cache_layout(cached_k.value), _from_cache_layout(cached_v.value)
 
     @nn.compact
     def __call__(
@@ -169,7 +225,7 @@ class Attention(nn.Module):
         scale = None if cfg.scale_attention_logits else 1.0
         if bias is not None:
             bias = bias.astype(q.dtype)
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+        out = dot_product_attention(q, k, v, mask, bias=bias, scale=scale)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         y = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

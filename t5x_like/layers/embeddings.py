@@ -28,14 +28,21 @@ class Embed(nn.Module):
         x = jnp.take(table, tokens, axis=0)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
+    def attend_inputs(self, x: jax.Array) -> jax.Array:
+        """x scaled by 1/sqrt(d_model) (unless `scale_tied_logits` is off, as in GPT-2), so that
+        `attend`'s logits x @ table^T are O(1).
+
+        Scaling the [B, T, d] input rather than the [B, T, vocab] logits is the same product up
+        to float rounding, and keeps a vocab-sized multiply (and its gradient) out of the step.
+        """
+        if not self.config.scale_tied_logits:
+            return x
+        return x * jnp.asarray(self.config.d_model**-0.5, x.dtype)
+
     def attend(self, x: jax.Array) -> jax.Array:
-        """Logits against the embedding table, scaled by 1/sqrt(d_model) to keep them O(1)
-        unless `scale_tied_logits` is off (GPT-2)."""
-        cfg = self.config
-        table = jnp.asarray(self.embedding, cfg.compute_dtype)
-        logits = jnp.einsum("bld,vd->blv", x, table)
-        if cfg.scale_tied_logits:
-            logits = logits * float(cfg.d_model**-0.5)
+        """Logits against the embedding table (tied LM head), from `attend_inputs(x)`."""
+        table = jnp.asarray(self.embedding, self.config.compute_dtype)
+        logits = jnp.einsum("bld,vd->blv", self.attend_inputs(x), table)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

@@ -5,7 +5,7 @@ batch in the data pipeline's format, so training, evaluation and decoding need n
 family they hold.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +17,7 @@ from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
 
 FAMILIES = ("decoder_only", "encoder_decoder")
 _MODELS = {"decoder_only": DecoderOnlyTransformer, "encoder_decoder": EncoderDecoderTransformer}
+
 
 def build_model(model_cfg: Any) -> nn.Module:
     """Builds the model module for the `model` section of an experiment config."""
@@ -30,6 +31,22 @@ def is_encoder_decoder(model: nn.Module) -> bool:
     return isinstance(model, EncoderDecoderTransformer)
 
 
+class LMHead(NamedTuple):
+    """A model's output projection: logits = hidden @ weight^T when `vocab_major` (the tied
+    embedding table, [vocab, embed]), else hidden @ weight (the `logits` kernel, [embed, vocab]).
+    `hidden` is what `forward(..., return_hidden=True)` returns (a tied head's scaling applied)."""
+
+    weight: jax.Array
+    vocab_major: bool
+
+
+def lm_head(model: nn.Module, params: Any) -> LMHead:
+    """The LM head parameters of either family (untied: the top-level `logits` Dense)."""
+    if model.config.tie_embeddings:
+        return LMHead(params["token_embed"]["embedding"], vocab_major=True)
+    return LMHead(params["logits"]["kernel"], vocab_major=False)
+
+
 def forward(
     model: nn.Module,
     params: Any,
@@ -37,8 +54,10 @@ def forward(
     *,
     deterministic: bool = True,
     rngs: dict[str, jax.Array] | None = None,
+    return_hidden: bool = False,
 ) -> jax.Array:
-    """Teacher-forced logits [B, L, vocab] of either family on a pipeline batch."""
+    """Teacher-forced logits [B, L, vocab] of either family on a pipeline batch; with
+    `return_hidden`, the LM head's input [B, L, d_model] instead (see `lm_head`)."""
     variables = {"params": params}
     if is_encoder_decoder(model):
         return model.apply(
@@ -51,6 +70,7 @@ def forward(
             decoder_positions=batch["decoder_positions"],
             deterministic=deterministic,
             rngs=rngs,
+            return_hidden=return_hidden,
         )
     return model.apply(
         variables,
@@ -59,6 +79,7 @@ def forward(
         positions=batch["positions"],
         deterministic=deterministic,
         rngs=rngs,
+        return_hidden=return_hidden,
     )
 
 

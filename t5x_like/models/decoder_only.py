@@ -34,7 +34,13 @@ class DecoderOnlyTransformer(nn.Module):
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
         deterministic: bool = True,
+        last_logits_only: bool = False,
+        return_hidden: bool = False,
     ) -> jax.Array:
+        """Logits [B, L, vocab]; with `last_logits_only`, those of the last position only
+        [B, 1, vocab]: decoding's prefill needs no others, so the LM head runs on one position.
+        With `return_hidden`, the LM head's input [B, L, d_model] instead of logits (scaled as
+        a tied head scales it; see models.lm_head), for a loss that applies the head itself."""
         cfg = self.config
         segment_ids, positions = default_segments_and_positions(tokens, segment_ids, positions)
 
@@ -53,7 +59,11 @@ class DecoderOnlyTransformer(nn.Module):
             mask = make_attention_mask(segment_ids, segment_ids, causal=True)
         stack = TransformerStack(cfg, decode=self.decoding, name="decoder")
         x = stack(x, mask, positions, deterministic, kv_positions=kv_positions)
+        if last_logits_only:
+            x = x[:, -1:]
 
+        if return_hidden:
+            return embed.attend_inputs(x) if cfg.tie_embeddings else x
         if cfg.tie_embeddings:
             return embed.attend(x)
         logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), "logits", use_bias=False)(x)

@@ -87,8 +87,10 @@ class EncoderDecoderTransformer(nn.Module):
         decoder_segment_ids: jax.Array | None = None,
         decoder_positions: jax.Array | None = None,
         deterministic: bool = True,
+        return_hidden: bool = False,
     ) -> jax.Array:
-        """Logits [B, Ld, vocab] of the decoder over `encoded` [B, Le, d_model]."""
+        """Logits [B, Ld, vocab] of the decoder over `encoded` [B, Le, d_model]; with
+        `return_hidden`, the LM head's input [B, Ld, d_model] instead (see models.lm_head)."""
         cfg = self.config
         if encoder_segment_ids is None:
             encoder_segment_ids, _ = default_segments_and_positions(encoded[..., 0], None, None)
@@ -107,6 +109,8 @@ class EncoderDecoderTransformer(nn.Module):
             x, mask, positions, deterministic, encoded, cross_mask, kv_positions=kv_positions
         )
         x = self.dropout(x, deterministic=deterministic)
+        if return_hidden:
+            return self.token_embed.attend_inputs(x) if cfg.tie_embeddings else x
         if cfg.tie_embeddings:
             return self.token_embed.attend(x)
         return nn.with_logical_constraint(self.logits(x), ("batch", "length", "vocab"))
@@ -120,8 +124,9 @@ class EncoderDecoderTransformer(nn.Module):
         encoder_positions: jax.Array | None = None,
         decoder_positions: jax.Array | None = None,
         deterministic: bool = True,
+        return_hidden: bool = False,
     ) -> jax.Array:
-        """Teacher-forced logits [B, Ld, vocab]."""
+        """Teacher-forced logits [B, Ld, vocab] (`return_hidden`: the LM head's input)."""
         encoded = self.encode(encoder_tokens, encoder_segment_ids, encoder_positions, deterministic)
         return self.decode(
             encoded,
@@ -130,4 +135,5 @@ class EncoderDecoderTransformer(nn.Module):
             decoder_segment_ids,
             decoder_positions,
             deterministic,
+            return_hidden,
         )

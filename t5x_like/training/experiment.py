@@ -242,8 +242,11 @@ def jit_steps(exp: Experiment, shardings: TrainState) -> tuple[Any, Any]:
         train_cfg.z_loss,
         train_cfg.label_smoothing,
         microbatches=train_cfg.get("microbatches", 1),
+        loss_chunk_size=train_cfg.get("loss_chunk_size", 0),
     )
-    eval_step = steps.make_eval_step(exp.model, exp.rules, train_cfg.z_loss)
+    eval_step = steps.make_eval_step(
+        exp.model, exp.rules, train_cfg.z_loss, train_cfg.get("loss_chunk_size", 0)
+    )
     batch = exp.batch_sharding
     rep = partitioning.replicated(exp.mesh)
     jit_train = jax.jit(

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from t5x_like import models
-from t5x_like.training import losses
+from t5x_like.training import chunked_loss, losses
 from t5x_like.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -40,21 +40,58 @@ def split_microbatches(batch: Batch, microbatches: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
+def model_loss_sums(
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    z_loss: float = 0.0,
+    label_smoothing: float = 0.0,
+    loss_chunk_size: int = 0,
+    *,
+    deterministic: bool = True,
+    rngs: dict[str, jax.Array] | None = None,
+) -> dict[str, jax.Array]:
+    """losses.loss_sums of the model on a batch; `loss_chunk_size` > 0: the same sums from the
+    LM head fused with the loss in chunks of that many positions (no full logits)."""
+    targets, weights = batch["targets"], batch["weights"]
+    if loss_chunk_size <= 0:
+        logits = models.forward(model, params, batch, deterministic=deterministic, rngs=rngs)
+        return losses.loss_sums(logits, targets, weights, z_loss, label_smoothing)
+    hidden = models.forward(
+        model, params, batch, deterministic=deterministic, rngs=rngs, return_hidden=True
+    )
+    head = models.lm_head(model, params)
+    return chunked_loss.chunked_loss_sums(
+        hidden, head, targets, weights, loss_chunk_size, z_loss, label_smoothing
+    )
+
+
 def make_loss_and_grads(
     model: nn.Module,
     z_loss: float = 0.0,
     label_smoothing: float = 0.0,
     microbatches: int = 1,
+    loss_chunk_size: int = 0,
 ) -> Callable[[Any, Batch, jax.Array], tuple[dict[str, jax.Array], Any]]:
     """`fn(params, batch, dropout_rng) -> (loss sums, gradients of the mean loss)`.
 
     The mean is over the batch's non-padding tokens. Must run under the logical axis rules.
     With `microbatches` > 1, micro-batch m uses dropout key fold_in(dropout_rng, m).
+    `loss_chunk_size` > 0 fuses the LM head with the loss, that many positions at a time
+    (training/chunked_loss.py); 0 computes all logits, then the loss.
     """
 
     def sums_fn(params: Any, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
-        logits = models.forward(model, params, batch, deterministic=False, rngs={"dropout": rng})
-        return losses.loss_sums(logits, batch["targets"], batch["weights"], z_loss, label_smoothing)
+        return model_loss_sums(
+            model,
+            params,
+            batch,
+            z_loss,
+            label_smoothing,
+            loss_chunk_size,
+            deterministic=False,
+            rngs={"dropout": rng},
+        )
 
     def one_shot(params: Any, batch: Batch, rng: jax.Array):
         def loss_fn(p):
@@ -98,13 +135,17 @@ def make_train_step(
     z_loss: float = 0.0,
     label_smoothing: float = 0.0,
     microbatches: int = 1,
+    loss_chunk_size: int = 0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One optimizer step on a global batch; the loss is the mean over non-padding tokens.
 
     `microbatches` > 1 accumulates gradients over that many slices of the batch (see the module
-    docstring); the batch size must be a multiple of it.
+    docstring); the batch size must be a multiple of it. `loss_chunk_size`: see
+    `make_loss_and_grads`.
     """
-    loss_and_grads = make_loss_and_grads(model, z_loss, label_smoothing, microbatches)
+    loss_and_grads = make_loss_and_grads(
+        model, z_loss, label_smoothing, microbatches, loss_chunk_size
+    )
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         # Dropout keys depend on (seed, step) only, so a resumed run draws the same masks.
@@ -120,13 +161,12 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: nn.Module, rules: Any, z_loss: float = 0.0
+    model: nn.Module, rules: Any, z_loss: float = 0.0, loss_chunk_size: int = 0
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """Loss sums of the params on one batch (no dropout, no label smoothing)."""
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
         with nn.logical_axis_rules(rules):
-            logits = models.forward(model, params, batch)
-        return losses.loss_sums(logits, batch["targets"], batch["weights"], z_loss)
+            return model_loss_sums(model, params, batch, z_loss, 0.0, loss_chunk_size)
 
     return eval_step

@@ -1,0 +1,176 @@
+"""Cross-entropy fused with the LM head, computed in sequence chunks (`train.loss_chunk_size`).
+
+The plain loss (losses.loss_sums) takes logits [B, T, V]: with a large vocabulary those logits,
+their softmax and their gradient are the largest arrays of a training step (32000 x 2048 tokens
+in float32 is 262 MB each) and autodiff walks them several times. Here the LM head matmul, the
+cross-entropy and its gradient run together for `chunk_size` positions of every row at a time
+(a `lax.scan`), so only one chunk's logits ever exist.
+
+The gradient is computed in the forward pass (a `jax.custom_vjp`): per chunk, logits = h @ W,
+dlogits = w_t * (softmax * (1 + 2 z log Z) - q), with q the (label-smoothed) target
+distribution, then dh = dlogits @ W^T and dW += h^T @ dlogits. The backward pass only scales the
+saved dh and dW by the loss cotangent, so no matmul is recomputed: 3 matmuls per chunk, as many
+as autodiff of the plain loss. Only "loss_sum" carries a gradient; the other sums are metrics
+(stop_gradient), as in the train step.
+
+The values equal losses.loss_sums on the logits up to float summation order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_like.models import LMHead
+from t5x_like.training import losses
+
+
+def _logits(x: jax.Array, w: jax.Array, vocab_major: bool) -> jax.Array:
+    spec = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
+    return jnp.einsum(spec, x, w)
+
+
+def _chunk_metrics(logits, targets, weights, z_loss, label_smoothing):
+    """Weighted per-chunk sums (the keys of losses.loss_sums but weight_sum) and log Z."""
+    total, cross_entropy, z_term = losses.token_cross_entropy(
+        logits, targets, z_loss, label_smoothing
+    )
+    correct = (losses.first_argmax(logits) == targets).astype(jnp.float32)
+    sums = {
+        "loss_sum": jnp.sum(total * weights),
+        "cross_entropy_sum": jnp.sum(cross_entropy * weights),
+        "z_loss_sum": jnp.sum(z_term * weights),
+        "correct_sum": jnp.sum(correct * weights),
+    }
+    return sums, total
+
+
+def _dlogits(logits, targets, weights, z_loss, label_smoothing):
+    """d(sum_t w_t * total_t) / dlogits, in float32: w * (p * (1 + 2 z log Z) - q)."""
+    vocab = logits.shape[-1]
+    log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    probs = jnp.exp(logits - log_z)
+    if z_loss:
+        probs = probs * (1.0 + 2.0 * z_loss * log_z)
+    onehot = jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]
+    if label_smoothing > 0.0:
+        low = label_smoothing / (vocab - 1)
+        target_dist = jnp.where(onehot, 1.0 - label_smoothing, low)
+    else:
+        target_dist = onehot.astype(jnp.float32)
+    return (probs - target_dist) * weights[..., None]
+
+
+def _chunks(x: jax.Array, n: int) -> jax.Array:
+    """[B, n*C, ...] -> [n, B, C, ...] (the batch axis keeps its sharding)."""
+    b, t = x.shape[:2]
+    return x.reshape((b, n, t // n) + x.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunk(x: jax.Array) -> jax.Array:
+    """[n, B, C, ...] -> [B, n*C, ...]."""
+    n, b, c = x.shape[:3]
+    return x.swapaxes(0, 1).reshape((b, n * c) + x.shape[3:])
+
+
+def _scan_chunks(hidden, weight, targets, weights, vocab_major, z_loss, ls, n, with_grads):
+    """Sums over chunks, per-token totals, and (with_grads) dloss_sum/dhidden, /dweight."""
+    xs = (_chunks(hidden, n), _chunks(targets, n), _chunks(weights, n))
+    w = weight.astype(hidden.dtype)
+    # The weight gradient accumulates as [embed, vocab] whatever the weight's layout: that is
+    # h^T @ dlogits with the small h transposed, not the chunk's dlogits (CPU matmuls take a
+    # transposed copy of an operand contracted over its major axis).
+    zero_sums = {
+        k: jnp.zeros((), jnp.float32)
+        for k in ("loss_sum", "cross_entropy_sum", "z_loss_sum", "correct_sum")
+    }
+    init = (zero_sums, jnp.zeros((hidden.shape[-1], weight.shape[0 if vocab_major else 1])))
+    if not with_grads:
+        init = (zero_sums, None)
+
+    def body(carry, chunk):
+        sums, dw_t = carry
+        x, t, wt = chunk
+        logits = _logits(x, w, vocab_major).astype(jnp.float32)
+        chunk_sums, total = _chunk_metrics(logits, t, wt, z_loss, ls)
+        sums = jax.tree.map(jnp.add, sums, chunk_sums)
+        if not with_grads:
+            return (sums, None), total
+        dlogits = _dlogits(logits, t, wt, z_loss, ls).astype(x.dtype)
+        w_spec = "bcv,vd->bcd" if vocab_major else "bcv,dv->bcd"
+        dx = jnp.einsum(w_spec, dlogits, w)
+        dw_t = dw_t + jnp.einsum("bcd,bcv->dv", x, dlogits, preferred_element_type=jnp.float32)
+        return (sums, dw_t), (total, dx)
+
+    (sums, dw_t), outs = jax.lax.scan(body, init, xs)
+    if not with_grads:
+        return sums, _unchunk(outs), None, None
+    total, dx = outs
+    dw = (dw_t.T if vocab_major else dw_t).astype(weight.dtype)
+    return sums, _unchunk(total), _unchunk(dx), dw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fused(hidden, weight, targets, weights, vocab_major, z_loss, label_smoothing, n):
+    sums, _, _, _ = _scan_chunks(
+        hidden, weight, targets, weights, vocab_major, z_loss, label_smoothing, n, False
+    )
+    return sums
+
+
+def _fused_fwd(hidden, weight, targets, weights, vocab_major, z_loss, label_smoothing, n):
+    sums, total, dx, dw = _scan_chunks(
+        hidden, weight, targets, weights, vocab_major, z_loss, label_smoothing, n, True
+    )
+    return sums, (dx, dw, total, targets)
+
+
+def _fused_bwd(vocab_major, z_loss, label_smoothing, n, residuals, cotangents):
+    dx, dw, total, targets = residuals
+    # Only loss_sum is differentiable (the wrapper stops the metrics' gradients).
+    g = cotangents["loss_sum"]
+    int_zero = np.zeros(targets.shape, jax.dtypes.float0)
+    return (
+        (g * dx).astype(dx.dtype),
+        (g * dw).astype(dw.dtype),
+        int_zero,
+        (g * total).astype(jnp.float32),
+    )
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def chunked_loss_sums(
+    hidden: jax.Array,
+    head: LMHead,
+    targets: jax.Array,
+    weights: jax.Array,
+    chunk_size: int,
+    z_loss: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> dict[str, jax.Array]:
+    """losses.loss_sums of the logits `hidden @ head`, without materialising all logits.
+
+    hidden [B, T, d] (compute dtype, logit scaling applied); targets and weights [B, T];
+    `chunk_size` positions of every row per chunk (T is padded with zero-weight positions to a
+    multiple of it). Only "loss_sum" is differentiable.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    weights = weights.astype(jnp.float32)
+    length = hidden.shape[1]
+    chunk_size = min(chunk_size, length)
+    n = -(-length // chunk_size)
+    pad = n * chunk_size - length
+    if pad:
+        pad_to = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+        hidden, targets, weights = pad_to(hidden), pad_to(targets), pad_to(weights)
+    sums = _fused(
+        hidden, head.weight, targets, weights, head.vocab_major, z_loss, label_smoothing, n
+    )
+    metrics = {k: jax.lax.stop_gradient(v) for k, v in sums.items() if k != "loss_sum"}
+    return {"loss_sum": sums["loss_sum"], **metrics, "weight_sum": jnp.sum(weights)}
