@@ -41,6 +41,9 @@ def get_config() -> config_dict.ConfigDict:
     # dots_with_no_batch_dims_saveable | nothing_saveable | everything_saveable | save_qkv_proj
     # (layers/config.py REMAT_POLICIES).
     c.model.remat = "none"
+    # Attention core: "einsum" (XLA; any device) or "cudnn" (jax.nn.dot_product_attention's
+    # fused kernel: NVIDIA GPUs, model.dtype bfloat16/float16).
+    c.model.attention_impl = "einsum"
 
     c.data = config_dict.ConfigDict()
     c.data.task = "causal_lm"  # Decoder-only rows; see configs/t5.py for encoder-decoder tasks.

@@ -66,6 +66,7 @@ def model_config(size: str = "tiny", variant: str = "v1_1") -> config_dict.Confi
     m.param_dtype = "float32"
     m.scan_layers = False
     m.remat = "none"  # Recompute activations in the backward pass: layers/config.py policies.
+    m.attention_impl = "einsum"  # "cudnn" is not wired for the relative position bias.
     m.update(SIZES[size])
     m.update(VARIANTS[variant])
     return m

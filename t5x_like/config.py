@@ -47,7 +47,8 @@ _FIELD_TYPES = {
         "mlp_dim max_len relative_attention_num_buckets relative_attention_max_distance",
         _NUMBER: "norm_eps rope_theta dropout_rate",
         _BOOL: "tie_embeddings scale_tied_logits use_bias scan_layers scale_attention_logits",
-        _STR: "family activation norm norm_position position dtype param_dtype remat",
+        _STR: "family activation norm norm_position position dtype param_dtype remat "
+        "attention_impl",
     },
     "data": {
         _INT: "seq_len inputs_len targets_len vocab_size extra_ids num_shards",
@@ -176,6 +177,24 @@ def _validate_data(cfg: Any) -> Any:
     return task
 
 
+def _check_attention_impl(m: Any) -> None:
+    impl = m.get("attention_impl", "einsum")
+    _check_choice(impl, "model.attention_impl", layer_config.ATTENTION_IMPLS)
+    if impl != "cudnn":
+        return
+    _require(
+        m.dtype in ("bfloat16", "float16"),
+        f"model.attention_impl='cudnn' needs a 16-bit model.dtype (cuDNN's fused attention "
+        f"kernels take bfloat16/float16), not {m.dtype!r}: set --config.model.dtype=bfloat16 "
+        "or use model.attention_impl='einsum'.",
+    )
+    _require(
+        m.position != "relative",
+        "model.attention_impl='cudnn' is not wired for T5's learned relative position bias "
+        "(model.position='relative'): use model.attention_impl='einsum' for this model.",
+    )
+
+
 def _validate_model(m: Any, seq_len: int, seq_len_field: str) -> None:
     _check_positive(m, "model", ("d_model", "num_layers", "num_heads", "mlp_dim"))
     _check_choice(m.activation, "model.activation", layer_config.ACTIVATIONS)
@@ -185,6 +204,7 @@ def _validate_model(m: Any, seq_len: int, seq_len_field: str) -> None:
     _check_choice(m.param_dtype, "model.param_dtype", layer_config.DTYPES)
     _check_choice(m.remat, "model.remat", layer_config.REMAT_POLICIES)
     _check_choice(m.get("norm_position", "pre"), "model.norm_position", layer_config.NORM_POSITIONS)
+    _check_attention_impl(m)
     if m.family == "encoder_decoder" and m.get("num_decoder_layers") is not None:
         _check_positive(m, "model", ("num_decoder_layers",))
     if m.position == "relative":

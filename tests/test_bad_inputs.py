@@ -275,6 +275,35 @@ CASES = [
         ConfigError,
         (r"data.seq_len=16 exceeds model.max_len=8", r"raise model.max_len or lower data.seq_len"),
     ),
+    # The attention core.
+    Case(
+        "unknown_attention_impl",
+        lambda env: _validate(tiny_config(**{"model.attention_impl": "flash"})),
+        ConfigError,
+        (r"model.attention_impl='flash' is not supported", r"choose one of \('einsum', 'cudnn'\)"),
+    ),
+    Case(
+        "cudnn_attention_in_float32",
+        lambda env: _validate(tiny_config(**{"model.attention_impl": "cudnn"})),
+        ConfigError,
+        (r"model.attention_impl='cudnn' needs a 16-bit model.dtype", r"model.dtype=bfloat16"),
+    ),
+    Case(
+        "cudnn_attention_with_t5_relative_bias",
+        lambda env: _validate(
+            tiny_t5_config(**{"model.attention_impl": "cudnn", "model.dtype": "bfloat16"})
+        ),
+        ConfigError,
+        (r"not wired for T5's learned relative position bias", r"attention_impl='einsum'"),
+    ),
+    Case(
+        "cudnn_attention_on_cpu_devices",
+        lambda env: experiment.assemble_experiment(
+            tiny_config(**{"model.attention_impl": "cudnn", "model.dtype": "bfloat16"})
+        ),
+        ConfigError,
+        (r"runs on NVIDIA GPUs only; this run's devices are cpu", r"attention_impl=einsum"),
+    ),
     # Mesh and devices.
     Case(
         "mesh_product_is_not_the_device_count",

@@ -27,34 +27,74 @@ def dot_product_attention(
     mask: jax.Array,
     bias: jax.Array | None = None,
     scale: float | None = None,
+    causal: bool = False,
 ) -> jax.Array:
     """softmax(scale * q k^T + bias, where mask) v: q [B, T, H, D], k and v [B, S, KH, D] (H a
     multiple of KH), mask [B|1, 1, T, S], bias [B|1, H, T, S]; scale None: 1/sqrt(D).
 
-    The same computation as `jax.nn.dot_product_attention`'s XLA implementation (float32
-    logits and softmax, the same fill value for masked logits), but with 4-D [B, H, T, S]
-    logits when there are as many KV heads as query heads: that function always vmaps a 5-D
-    grouped form, which XLA:CPU runs ~1.7x slower (forward + backward) at the shapes of
-    configs/benchmark.py:cpu. Grouped KV heads keep the grouped form.
+    The math of `jax.nn.dot_product_attention`'s XLA implementation (float32 logits and
+    softmax, the same fill value for masked logits) written for XLA:CPU, which runs it ~1.5x
+    faster (forward + backward, configs/benchmark.py:cpu shapes):
+    - heads-major operands [B, H, T, D], so the batched dots need no layout changes inside;
+    - the scale applied to q (T x D values) rather than to the T x S logits;
+    - 4-D logits when there are as many KV heads as query heads (jax.nn always vmaps a 5-D
+      grouped form); grouped KV heads keep the grouped form;
+    - `causal` (the mask is also lower-triangular, T == S): the first half of the queries
+      attends only to the first half of the keys, skipping the masked quarter of the work.
     """
-    b, t, heads, d = q.shape
-    kv_heads, s = k.shape[2], k.shape[1]
+    t, d, s = q.shape[1], q.shape[3], k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    q = jnp.swapaxes(q, 1, 2)
+    if scale != 1.0:
+        q = q * jnp.asarray(scale, q.dtype)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    if causal and t == s and t % 2 == 0 and t >= _MIN_CAUSAL_SPLIT:
+        half = t // 2
+        halves = [
+            _attend(
+                q[:, :, :half],
+                k[:, :, :half],
+                v[:, :, :half],
+                mask[..., :half, :half],
+                None if bias is None else bias[..., :half, :half],
+            ),
+            _attend(
+                q[:, :, half:],
+                k,
+                v,
+                mask[..., half:, :],
+                None if bias is None else bias[..., half:, :],
+            ),
+        ]
+        out = jnp.concatenate(halves, axis=2)
+    else:
+        out = _attend(q, k, v, mask, bias)
+    return jnp.swapaxes(out, 1, 2)
+
+
+# Below this length the two causal halves cost more in extra ops than the skipped quarter saves.
+_MIN_CAUSAL_SPLIT = 128
+
+
+def _attend(q, k, v, mask, bias):
+    """The attention of heads-major, pre-scaled q [B, H, T, D] over k, v [B, KH, S, D]."""
+    b, heads, t, d = q.shape
+    kv_heads, s = k.shape[1], k.shape[2]
     f32 = jnp.float32
     if kv_heads == heads:
-        logits = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=f32)
+        logits = jnp.einsum("bntd,bnsd->bnts", q, k, preferred_element_type=f32)
     else:
-        q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=f32)
+        q = q.reshape(b, kv_heads, heads // kv_heads, t, d)
+        logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=f32)
         logits = logits.reshape(b, heads, t, s)
-    logits = logits * jnp.asarray(d**-0.5 if scale is None else scale, f32)
     if bias is not None:
         logits = logits + bias.astype(f32)
     logits = jnp.where(mask, logits, jnp.asarray(-0.7 * jnp.finfo(f32).max, f32))
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     if kv_heads == heads:
-        return jnp.einsum("bnts,bsnd->btnd", probs, v)
+        return jnp.einsum("bnts,bnsd->bntd", probs, v)
     probs = probs.reshape(b, kv_heads, heads // kv_heads, t, s)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
+    return jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(b, heads, t, d)
 
 
 def make_attention_mask(
@@ -114,9 +154,7 @@ class DecodeState(nn.Module):
     """
 
     @nn.compact
-    def __call__(
-        self, segment_ids: jax.Array, positions: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, segment_ids: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         initialized = self.has_variable("cache", "segment_ids")
         cached_segments = self.variable(
             "cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32
@@ -155,6 +193,8 @@ class Attention(nn.Module):
     use_rope: bool = False
     decode: bool = False
     is_cross: bool = False
+    # The mask given is causal (besides segments): lets the core skip the masked quarter.
+    causal: bool = False
 
     def _project(
         self, x: jax.Array, heads: int, head_axis: str, name: str, init_scale: float = 1.0
@@ -225,7 +265,22 @@ class Attention(nn.Module):
         scale = None if cfg.scale_attention_logits else 1.0
         if bias is not None:
             bias = bias.astype(q.dtype)
-        out = dot_product_attention(q, k, v, mask, bias=bias, scale=scale)
+        causal = self.causal and not self.decode  # Decoding attends over the whole cache.
+        if cfg.attention_impl == "cudnn" and not self.decode:
+            # The segment mask becomes a cuDNN bias; is_causal lets the kernel skip the blocks
+            # above the diagonal. Decoding steps (one query over the cache) stay on einsums.
+            out = jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                bias=bias,
+                mask=mask,
+                scale=scale,
+                is_causal=causal,
+                implementation="cudnn",
+            )
+        else:
+            out = dot_product_attention(q, k, v, mask, bias=bias, scale=scale, causal=causal)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         y = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

@@ -28,6 +28,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 #   everything_saveable               remat boundary only (saves all; for experiments);
 #   save_qkv_proj                     keep only the query/key/value projections (checkpoint_name
 #                                     tags in attention.py), recompute the rest.
+# The attention core: "einsum" is attention.dot_product_attention (XLA, any device, the
+# decoding path); "cudnn" is jax.nn.dot_product_attention's cuDNN fused (flash) kernel for
+# training and prefill on NVIDIA GPUs, in bfloat16/float16.
+ATTENTION_IMPLS = ("einsum", "cudnn")
 REMAT_POLICIES = (
     "none",
     "full",
@@ -76,6 +80,7 @@ class TransformerConfig:
     # unrolled ones: compile time independent of depth; the layout large runs use.
     scan_layers: bool = False
     remat: str = "none"  # One of REMAT_POLICIES.
+    attention_impl: str = "einsum"  # One of ATTENTION_IMPLS.
 
     @property
     def kv_heads(self) -> int:

@@ -29,6 +29,7 @@ class TransformerLayer(nn.Module):
     config: TransformerConfig
     cross_attention: bool = False
     decode: bool = False
+    causal: bool = True  # Self-attention masks future tokens (decoders).
 
     @nn.compact
     def __call__(
@@ -52,7 +53,11 @@ class TransformerLayer(nn.Module):
             return x if pre_norm else norm(x)
 
         self_attention = Attention(
-            cfg, use_rope=cfg.position == "rope", decode=self.decode, name="self_attention"
+            cfg,
+            use_rope=cfg.position == "rope",
+            decode=self.decode,
+            causal=self.causal,
+            name="self_attention",
         )
         x = residual(
             x,
@@ -135,10 +140,13 @@ class TransformerStack(nn.Module):
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = scanned(cfg, self.cross_attention, self.decode, name="layers")(x, *args)
+            layers = scanned(cfg, self.cross_attention, self.decode, self.causal, name="layers")
+            x, _ = layers(x, *args)
         else:
             for i in range(cfg.num_layers):
-                layer = layer_cls(cfg, self.cross_attention, self.decode, name=f"layers_{i}")
+                layer = layer_cls(
+                    cfg, self.cross_attention, self.decode, self.causal, name=f"layers_{i}"
+                )
                 x = layer(x, *args)
         if cfg.norm_position == "post":  # Each layer already ends in a norm.
             return x

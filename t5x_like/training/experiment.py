@@ -114,6 +114,11 @@ def assemble_experiment(
 
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = config_lib.validate_config(cfg, len(devices), jax.process_count())
+    if cfg.model.get("attention_impl", "einsum") == "cudnn" and devices[0].platform != "gpu":
+        raise config_lib.ConfigError(
+            f"model.attention_impl='cudnn' runs on NVIDIA GPUs only; this run's devices are "
+            f"{devices[0].platform} devices: use --config.model.attention_impl=einsum."
+        )
     rules = partitioning.rules_for_config(cfg.partitioning, mesh_shape)
     mesh = partitioning.make_mesh(mesh_shape, devices, cfg.mesh.get("num_slices", 1))
     if vocab is not None:

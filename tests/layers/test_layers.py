@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from t5x_like.layers.attention import make_attention_mask
 from t5x_like.layers.embeddings import apply_rope, sinusoidal_positions
@@ -63,3 +64,25 @@ def test_dense_general_multi_axis_kernel_and_fan_in_scale():
     np.testing.assert_allclose(np.std(kernel.value), 1 / 16, rtol=0.1)
     y = layer.apply(variables, x)
     assert y.shape == (2, 3, 4, 16)
+
+
+@pytest.mark.parametrize(
+    "features,axis,kernel_axes",
+    [
+        ((4, 16), -1, ("embed", "heads", "kv")),  # Q/K/V projections: trailing axis.
+        (32, (-2, -1), ("heads", "kv", "embed")),  # Output projection: two trailing axes.
+        (32, (1,), ("embed", "mlp")),  # A non-trailing axis: the general dot.
+    ],
+)
+def test_dense_general_equals_the_tensordot_of_its_axes(features, axis, kernel_axes):
+    """The 2-D matmul the layer flattens trailing contractions into changes nothing."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 16) if axis != (1,) else (2, 8, 5))
+    layer = DenseGeneral(features=features, kernel_axes=kernel_axes, axis=axis)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    kernel = np.asarray(variables["params"]["kernel"].value, np.float64)
+    axes = [a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)]
+    expected = np.tensordot(np.asarray(x, np.float64), kernel, axes=(axes, list(range(len(axes)))))
+    y = layer.apply(variables, x)
+    np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda v: jnp.sum(layer.apply(v, x) ** 2))(variables)["params"]["kernel"]
+    assert grad.value.shape == kernel.shape

@@ -53,7 +53,9 @@ def _compare_grads(make_config, batch):
     assert sums4["weight_sum"] == sums1["weight_sum"] == batch["weights"].sum()
     for key in ("loss_sum", "cross_entropy_sum", "z_loss_sum"):
         np.testing.assert_allclose(sums4[key], sums1[key], rtol=1e-6)
-    _close(grads4, grads1, "grad")
+    # A gradient is a sum over every token of the batch, added in another order when split:
+    # float32 rounding reaches a few 1e-6 of the leaf's scale; a wrong split would be O(1).
+    _close(grads4, grads1, "grad", rtol=1e-5)
     norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads1))))
     assert norm > 1e-2  # Non-trivial gradients were compared.
 
