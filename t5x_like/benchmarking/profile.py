@@ -144,6 +144,7 @@ def breakdown_rows(breakdown: dict[str, Any]) -> list[tuple[str, Any]]:
     rows += [(k, f"{100 * v:.1f}%") for k, v in breakdown["by_part"].items() if v >= 0.005]
     rows.append(("top ops", None))
     for op in breakdown["top_ops"]:
-        label = f"{op['op']} {op['shape']}"
+        shape = op["shape"] if len(op["shape"]) <= 40 else op["shape"][:37] + "..."  # Tuples.
+        label = f"{op['op']} {shape}"
         rows.append((label, f"{100 * op['share']:.1f}%  {op['op_name'][-90:]}"))
     return rows

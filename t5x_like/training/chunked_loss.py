@@ -93,9 +93,11 @@ def _scan_chunks(hidden, weight, targets, weights, vocab_major, z_loss, ls, n, w
         dlogits = _dlogits(logits, t, wt, z_loss, ls).astype(x.dtype)
         dx = jnp.einsum("nv,vd->nd" if vocab_major else "nv,dv->nd", dlogits, w)
         # The weight gradient is [embed, vocab] whatever the weight's layout: h^T @ dlogits
-        # transposes the small h, not the chunk's dlogits (CPU matmuls take a transposed copy
-        # of an operand contracted over its major axis).
-        dw_t = jnp.einsum("nd,nv->dv", x, dlogits, preferred_element_type=jnp.float32)
+        # transposes the small h, not the chunk's dlogits. The barrier makes that transpose a
+        # real copy: folded into the dot (contracting both operands' major axis), XLA:CPU
+        # runs it on its generic matmul, 25% slower at [512, 512] x [512, 32000].
+        x_t = jax.lax.optimization_barrier(x.T)
+        dw_t = jnp.matmul(x_t, dlogits, preferred_element_type=jnp.float32)
         return sums, total.reshape(shape), dx.reshape(shape + dx.shape[-1:]), dw_t
 
     def body(carry, chunk):
