@@ -21,7 +21,6 @@ peak is measured with a jitted matmul of the model's dtype and a representative 
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import Any
@@ -115,21 +114,25 @@ def datasheet_peak(device_kind: str, dtype: str) -> tuple[float, str] | None:
     return None
 
 
-@functools.cache
-def measured_cpu_peak(dtype: str, shape: tuple[int, int, int] = (1024, 1024, 1024)) -> float:
+def measured_cpu_peak(
+    dtype: str, shape: tuple[int, int, int] = (1024, 1024, 1024), min_seconds: float = 0.5
+) -> float:
     """FLOP/s of a jitted [m, k] @ [k, n] matmul in `dtype` on the first CPU device (XLA uses
-    all host cores for it): the best of 5 timed runs after a warm-up."""
+    all host cores for it): the best of the runs made in `min_seconds` (at least 5) after a
+    warm-up. The first runs of a process are often 2x slower (thread pools and caches still
+    cold) and a shared machine slows some runs down: the best of many is the machine's peak."""
     m, k, n = shape
     device = jax.devices("cpu")[0]
     a = jax.device_put(jnp.ones((m, k), dtype), device)
     b = jax.device_put(jnp.ones((k, n), dtype), device)
     f = jax.jit(jnp.matmul)
     f(a, b).block_until_ready()
-    best = math.inf
-    for _ in range(5):
+    best, runs, began = math.inf, 0, time.perf_counter()
+    while runs < 5 or time.perf_counter() - began < min_seconds:
         start = time.perf_counter()
         f(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
+        runs += 1
     return 2 * m * k * n / best
 
 
