@@ -5,6 +5,8 @@ import pathlib
 
 import numpy as np
 
+from t5x_like.data import packing
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -121,13 +123,5 @@ def synthetic_encdec_batch(
     enc = synthetic_batch(batch_size, inputs_len, vocab_size, seed=seed)
     dec = synthetic_batch(batch_size, targets_len, vocab_size, seed=seed + 1)
     assert (enc["segment_ids"].max(1) == dec["segment_ids"].max(1)).all()
-    return {
-        "encoder_inputs": enc["targets"],
-        "encoder_segment_ids": enc["segment_ids"],
-        "encoder_positions": enc["positions"],
-        "decoder_inputs": dec["inputs"],
-        "decoder_segment_ids": dec["segment_ids"],
-        "decoder_positions": dec["positions"],
-        "targets": dec["targets"],
-        "weights": dec["weights"],
-    }
+    side = lambda rows: (rows["targets"], rows["segment_ids"], rows["positions"])  # noqa: E731
+    return packing.encoder_decoder_features(side(enc), side(dec))

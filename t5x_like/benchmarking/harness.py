@@ -19,6 +19,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from t5x_like import models, partitioning
+from t5x_like.data import packing
 from t5x_like.training import experiment, flops
 from t5x_like.training.train_state import TrainState
 
@@ -87,15 +88,8 @@ def synthetic_batch(exp: Any, seed: int = 0) -> dict[str, jax.Array]:
     if "encoder_inputs" in shapes:
         enc = _full_rows(rng, shapes["encoder_inputs"][0], vocab)
         dec = _full_rows(rng, shapes["decoder_inputs"][0], vocab)
-        local = {
-            "encoder_inputs": enc["targets"],
-            "encoder_segment_ids": enc["segment_ids"],
-            "encoder_positions": enc["positions"],
-            "decoder_inputs": dec["inputs"],
-            "decoder_segment_ids": dec["segment_ids"],
-            "decoder_positions": dec["positions"],
-            "targets": dec["targets"],
-        }
+        side = lambda rows: (rows["targets"], rows["segment_ids"], rows["positions"])  # noqa: E731
+        local = packing.encoder_decoder_features(side(enc), side(dec))
     else:
         local = _full_rows(rng, shapes["inputs"][0], vocab)
     local["weights"] = np.ones(shapes["targets"][0], np.float32)

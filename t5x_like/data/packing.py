@@ -141,16 +141,18 @@ def _validate_encdec(example: dict[str, np.ndarray], inputs_len: int, targets_le
             )
 
 
-def _encdec_row(
+def encoder_decoder_features(
     encoder: tuple[np.ndarray, np.ndarray, np.ndarray],
     decoder: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Rows from (tokens, segment_ids, positions) of each side; adds decoder_inputs, weights."""
+    """ENCDEC_KEYS from (tokens, segment_ids, positions) of each side, rows [L] or batches
+    [B, L]; adds the decoder inputs (the targets shifted right) and the loss weights."""
     enc_tokens, enc_seg, enc_pos = (np.asarray(x, np.int32) for x in encoder)
     targets, dec_seg, dec_pos = (np.asarray(x, np.int32) for x in decoder)
     # Shift right within each segment: a segment's first token (position 0) gets BOS 0, which
     # also keeps one example's last target from leaking into the next one's decoder inputs.
-    shifted = np.concatenate([np.zeros(1, np.int32), targets[:-1]])
+    bos = np.zeros(targets.shape[:-1] + (1,), np.int32)
+    shifted = np.concatenate([bos, targets[..., :-1]], axis=-1)
     decoder_inputs = np.where((dec_pos == 0) | (dec_seg == 0), 0, shifted).astype(np.int32)
     return {
         "encoder_inputs": enc_tokens,
@@ -176,11 +178,13 @@ def pad_encdec_example(
         tokens = np.pad(np.asarray(x, np.int32), (0, length - n))
         return tokens, real.astype(np.int32), np.where(real, np.arange(length), 0)
 
-    return _encdec_row(side(example["inputs"], inputs_len), side(example["targets"], targets_len))
+    return encoder_decoder_features(
+        side(example["inputs"], inputs_len), side(example["targets"], targets_len)
+    )
 
 
 def _from_grain_packed_encdec(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return _encdec_row(
+    return encoder_decoder_features(
         (row["inputs"], row["inputs_segment_ids"], row["inputs_positions"]),
         (row["targets"], row["targets_segment_ids"], row["targets_positions"]),
     )
