@@ -5,14 +5,14 @@ missing process is a clear error within the timeout instead of a hang."""
 import json
 import logging as pylogging
 import os
-import socket
-import subprocess
+import pathlib
 import sys
 import time
 
 import pytest
+import testutil
 from absl import logging
-from testutil import REPO, tiny_train_args
+from testutil import free_port, tiny_train_args
 
 from t5x_like import distributed, log_setup
 from t5x_like.data import sharded_iterator
@@ -22,12 +22,6 @@ STEPS = 9
 SAVED = 6  # The multi-process run stops (and checkpoints) here; resumes go on to STEPS.
 RTOL = 1e-5  # Cross-process reductions may sum in another order.
 JOB_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(workdir, data_dir, cache_dir, steps):
@@ -44,40 +38,21 @@ def _train_args(workdir, data_dir, cache_dir, steps):
 def _run_job(args, processes, devices_each, log_dir, timeout=JOB_TIMEOUT_S, extra=()):
     """Runs `processes` copies of the command (each with its --process_id) to completion;
     returns their exit codes and combined outputs. Every process is killed on the way out."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
-    env["JAX_PLATFORMS"] = "cpu"
     dist = []
     if processes > 1:
-        dist = [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
+        dist = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={processes}"]
     dist += ["--initialization_timeout=60", "--barrier_timeout=60", *extra]
-    procs, logs = [], []
-    try:
-        for p in range(processes):
-            log = open(os.path.join(log_dir, f"process_{p}_{time.monotonic_ns()}.log"), "w+")
-            logs.append(log)
-            ids = [f"--process_id={p}"] if processes > 1 else []
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, *args, *dist, *ids],
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    commands = [
+        [sys.executable, *args, *dist, *([f"--process_id={p}"] if processes > 1 else [])]
+        for p in range(processes)
+    ]
+    logs = [
+        os.path.join(log_dir, f"process_{p}_{time.monotonic_ns()}.log") for p in range(processes)
+    ]
+    with testutil.processes(commands, logs, devices_each) as procs:
         deadline = time.monotonic() + timeout
         codes = [proc.wait(timeout=max(deadline - time.monotonic(), 1)) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
+    outputs = [pathlib.Path(log).read_text() for log in logs]
     return codes, outputs
 
 
@@ -136,7 +111,7 @@ def test_two_processes_train_like_one_and_resume_on_another_count(corpus_dir, tm
 def test_missing_process_fails_fast_with_a_clear_message(corpus_dir, tmp_path):
     """Process 0 of 2 alone: exits non-zero within its 5 s timeout, saying what to check."""
     args = _train_args(tmp_path / "alone", corpus_dir, "", 3)
-    port = _free_port()
+    port = free_port()
     start = time.monotonic()
     codes, outputs = _run_job(
         args,

@@ -1,7 +1,12 @@
 """Helpers shared by the tests: tiny configs and synthetic batches."""
 
+import contextlib
 import importlib.util
+import os
 import pathlib
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -125,3 +130,35 @@ def synthetic_encdec_batch(
     assert (enc["segment_ids"].max(1) == dec["segment_ids"].max(1)).all()
     side = lambda rows: (rows["targets"], rows["segment_ids"], rows["positions"])  # noqa: E731
     return packing.encoder_decoder_features(side(enc), side(dec))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a coordinator)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def processes(
+    commands: Sequence[Sequence[str]], log_paths: Sequence[os.PathLike], devices_each: int
+) -> Iterator[list[subprocess.Popen]]:
+    """Starts each command in the repo, on `devices_each` fake CPU devices, its output to its
+    log file; yields the processes and kills any still running on the way out."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
+    procs = []
+    try:
+        for command, log_path in zip(commands, log_paths, strict=True):
+            with open(log_path, "w") as log:  # The child keeps its own descriptor.
+                procs.append(
+                    subprocess.Popen(
+                        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                    )
+                )
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)

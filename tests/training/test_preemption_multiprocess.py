@@ -2,22 +2,14 @@
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 
-from testutil import REPO, tiny_train_args
+from testutil import free_port, processes, tiny_train_args
 
 from t5x_like.training.metrics_writer import read_metrics
 
 STEPS = 2000
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _command(workdir, data_dir, cache_dir, port, process_id):
@@ -41,21 +33,10 @@ def _logged(workdir):
 
 
 def test_sigterm_to_one_process_stops_all_at_the_same_step(corpus_dir, tmp_path):
-    workdir, cache, port = str(tmp_path / "run"), str(tmp_path / "xla_cache"), _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    logs = [open(tmp_path / f"process_{p}.log", "w+") for p in range(2)]
-    procs = [
-        subprocess.Popen(
-            _command(workdir, corpus_dir, cache, port, p),
-            cwd=REPO,
-            env=env,
-            stdout=logs[p],
-            stderr=subprocess.STDOUT,
-        )
-        for p in range(2)
-    ]
-    try:
+    workdir, cache, port = str(tmp_path / "run"), str(tmp_path / "xla_cache"), free_port()
+    logs = [tmp_path / f"process_{p}.log" for p in range(2)]
+    commands = [_command(workdir, corpus_dir, cache, port, p) for p in range(2)]
+    with processes(commands, logs, devices_each=4) as procs:
         deadline = time.time() + 240
         while max(_logged(workdir), default=0) < 3:
             assert all(p.poll() is None for p in procs), "a process ended before the signal"
@@ -63,16 +44,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(corpus_dir, tmp_path)
             time.sleep(0.05)
         procs[1].send_signal(signal.SIGTERM)  # Process 0 learns of it through the collective.
         codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    outputs = []
-    for log in logs:
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
+    outputs = [log.read_text() for log in logs]
     assert codes == [0, 0], outputs[1][-3000:] + outputs[0][-3000:]
     reached = max(read_metrics(workdir, "train"))
     assert 3 <= reached < STEPS
