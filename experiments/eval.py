@@ -22,7 +22,7 @@ import sys
 import jax
 from absl import app, flags
 
-from t5x_like import distributed
+from t5x_like import distributed, host_memory
 from t5x_like.cli import main_with_clear_errors
 from t5x_like.config import ConfigError
 from t5x_like.evaluation import evaluator
@@ -57,7 +57,9 @@ _OUTPUT = flags.DEFINE_string(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # Before anything touches JAX devices: a multi-process job must be joined first.
+    # Before anything touches JAX devices: the host allocator (XLA:CPU runs), then a
+    # multi-process job must be joined.
+    host_memory.configure()
     distributed.initialize_from_flags()
     setup_logging()
     try:

@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags
 
-from t5x_like import distributed
+from t5x_like import distributed, host_memory
 from t5x_like.cli import ConfigFlag, main_with_clear_errors
 from t5x_like.log_setup import setup_logging
 from t5x_like.training import trainer
@@ -36,7 +36,9 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # Before anything touches JAX devices: a multi-process job must be joined first.
+    # Before anything touches JAX devices: the host allocator (XLA:CPU runs), then a
+    # multi-process job must be joined.
+    host_memory.configure()
     distributed.initialize_from_flags()
     setup_logging()
     trainer.train(_CONFIG.value, _WORKDIR.value)

@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices, set before JAX initialises its backends."""
+"""Test setup: 8 fake CPU devices and the host malloc settings, before JAX starts its backends."""
 
 import os
 
@@ -8,6 +8,11 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
+
+from t5x_like import host_memory  # noqa: E402
+
+# As the experiment scripts do, before JAX starts: XLA:CPU's per-execution buffers are reused.
+host_memory.configure()
 
 TEST_VOCAB_SIZE = 256
 

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, partitioning, plotting
+from t5x_like import checkpointing, host_memory, partitioning, plotting
 from t5x_like import config as config_lib
 from t5x_like import workdir as workdir_lib
 from t5x_like.evaluation import decode_eval, restore
@@ -205,10 +205,11 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     exp = build_experiment(cfg)
     logging.info("Resolved config:\n%s", config_lib.to_json(cfg))
     logging.info(
-        "Mesh %s over %d devices, %d process(es).",
+        "Mesh %s over %d devices, %d process(es); host malloc: %s.",
         dict(exp.mesh.shape),
         jax.device_count(),
         jax.process_count(),
+        host_memory.describe(),
     )
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
