@@ -242,6 +242,11 @@ def test_train_mode_writes_json_with_every_field(tmp_path):
         r["tokens_per_sec"] * r["model_flops_per_token"] / r["peak_flops"]
     )
     assert 0 < r["mfu"] < 1
+    assert r["mfu_fastest_step"] == pytest.approx(
+        r["tokens_per_step"] / r["step_time"]["min_s"] * r["model_flops_per_token"]
+        / r["peak_flops"]
+    )  # fmt: skip
+    assert r["mfu_fastest_step"] >= r["mfu"]
     assert "measured float32" in r["peak_source"]  # CPU: peak measured in the model's dtype.
     assert r["memory_estimate_bytes_per_device"] == report.memory_estimate(
         r["memory_analysis_per_device"]
