@@ -4,6 +4,7 @@ Speed itself is not tested (it depends on the machine); what is tested is that t
 benchmark reports are computed right and that its train and dry-run modes run end to end.
 """
 
+import gzip
 import json
 import math
 import os
@@ -185,6 +186,60 @@ def test_profile_breakdown_joins_trace_times_with_hlo_metadata():
     assert [op["op"] for op in b["top_ops"]] == ["ynn_fusion.1", "exp_fusion", "add.3"]
 
 
+def test_step_profile_credits_untraced_gaps_to_the_async_dot_before_them(tmp_path):
+    hlo = "\n".join(
+        [
+            "  %ynn_fusion.1 = f32[8,16]{1,0} fusion(%a, %b), kind=kCustom, calls=%c, "
+            'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}, metadata={op_name='
+            '"jit(train_step)/jvp(DecoderOnlyTransformer)/decoder/layers_0/mlp/wi_0/dot_general"}',
+            "  %dot.2 = f32[16,16]{1,0} dot(%x, %y), lhs_contracting_dims={0}, "
+            'rhs_contracting_dims={0}, metadata={op_name="jit(train_step)/transpose(jvp('
+            'DecoderOnlyTransformer))/decoder/layers_0/mlp/wi_0/transpose"}',
+            '  %exp_fusion = f32[8]{0} fusion(%d), kind=kLoop, calls=%e, metadata={op_name='
+            '"jit(train_step)/add"}',
+            "  %while.4 = (s32[], f32[8]{0}) while(%t), condition=%c, body=%b, metadata={op_name="
+            '"jit(train_step)/jvp()/while"}',
+        ]
+    )
+    meta = profile.hlo_metadata(hlo)
+    assert meta["dot.2"]["opcode"] == "dot" and meta["dot.2"]["matmul"]
+    # One step: the dot's event is its dispatch; its work runs in the 30 us gap after it. The
+    # 5 us gap after exp_fusion follows no dot (the runtime's own). Python-thread events and
+    # events that are no HLO op are left out.
+    events = [
+        ("ynn_fusion.1", 0.0, 10.0, 1),
+        ("dot.2", 10.0, 0.5, 1),
+        ("Runtime", 12.0, 100.0, 1),
+        ("exp_fusion", 40.5, 4.5, 2),
+        ("ynn_fusion.1", 20.0, 99.0, 3),
+        ("while.4", 50.0, 10.0, 2),  # Spans the op of its body: not counted twice.
+        ("ynn_fusion.1", 50.0, 10.0, 1),
+    ]
+    trace = {
+        "traceEvents": [
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": t, "args": {"name": n}}
+            for t, n in ((1, "tf_XLAEigen/1"), (2, "tf_XLAEigen/2"), (3, "python"))
+        ]
+        + [
+            {"ph": "X", "name": n, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+            for n, ts, dur, tid in events
+        ]
+    }
+    path = tmp_path / "vm.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(trace, f)
+    b = profile.step_profile(str(path), meta, steps=1)
+    assert b["wall_ms_per_step"] == pytest.approx(0.060)
+    assert b["async_dot_ms_per_step"] == pytest.approx(0.030)
+    assert b["untraced_ms_per_step"] == pytest.approx(0.005)
+    # 20 us of ynn_fusion.1, 0.5 + 30 of dot.2, 4.5 of exp_fusion.
+    assert b["op_time_ms_per_step"] == pytest.approx(0.055)
+    assert [op["op"] for op in b["top_ops"]] == ["dot.2", "ynn_fusion.1", "exp_fusion"]
+    assert b["by_part"]["backward: MLP"] == pytest.approx(30.5 / 55)
+    rows = dict(profile.breakdown_rows(b))
+    assert rows["wall time per step (ms)"] == pytest.approx(0.060)
+
+
 # --- The CLI ---------------------------------------------------------------------------------
 
 TINY_FLAGS = [
@@ -223,8 +278,13 @@ def _table_value(stdout: str, name: str) -> str:
 
 def test_train_mode_writes_json_with_every_field(tmp_path):
     out = tmp_path / "train.json"
-    proc = _run(["--mode=train", "--steps=3", "--warmup=1", f"--out={out}"])
+    proc = _run(
+        ["--mode=train", "--steps=3", "--warmup=1", "--profile_steps=1", f"--out={out}"]
+    )
     r = json.loads(out.read_text())
+    prof = r["profile"]  # One traced step, its op time broken down.
+    assert os.path.exists(prof["trace"]) and prof["wall_ms_per_step"] > 0
+    assert prof["op_time_ms_per_step"] > 0 and sum(prof["by_kind"].values()) == pytest.approx(1)
     for key in (
         "lower_s", "compile_s", "step_time", "tokens_per_sec", "model_flops_per_token",
         "flops_formula", "mfu", "peak_flops", "peak_source", "memory_analysis_per_device",

@@ -4,6 +4,13 @@ joined with the HLO's metadata (which model op each XLA op came from).
 The trace (TensorBoard/Perfetto-readable, under the profile directory) records one event per
 executed XLA op on the device threads; `op_breakdown` sums them per op and per model part
 (forward/backward x MLP, attention, LM head, ...), as shares of the summed op time.
+
+Two things about XLA:CPU traces shape the figures. Independent ops run at the same time, one
+per thread, so the summed op time exceeds the wall time and an op's time is its own thread's.
+And a plain `dot` (one XLA did not hand to its matmul library, e.g. a weight gradient that
+contracts both operands' leading axis) runs on Eigen asynchronously: its event ends when the
+work is dispatched, and the work shows as a gap in which no op is traced on any thread.
+`async_dot_times` gives each such gap to the dot dispatched before it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import jax
 # HLO instruction line: `%name = shape opcode(...) ... metadata={op_name="..."`.
 _HLO_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+# Control flow: its event spans ops of its body that the trace records themselves.
+_CONTAINER_OPCODES = ("while", "conditional", "call")
 _MATMUL_MARKERS = ("__ynn_fusion", "__onednn", "__cublas", "dot(", "convolution(")
 # Model parts, by the module names in op_name metadata; first match wins.
 _PARTS = (
@@ -44,9 +53,9 @@ def trace_steps(run_step: Callable[[], Any], steps: int, log_dir: str) -> str:
     return max(traces, key=os.path.getmtime)
 
 
-def op_times(trace_path: str) -> dict[str, float]:
-    """Total microseconds per event name over the device (non-Python) threads of a trace
-    (`op_breakdown` keeps the names that are HLO instructions)."""
+def op_events(trace_path: str) -> list[tuple[str, float, float]]:
+    """(name, start, duration) in microseconds of every event on the device (non-Python)
+    threads of a trace, in start order (`op_breakdown` keeps the names that are HLO ops)."""
     with gzip.open(trace_path, "rt") as f:
         events = json.load(f)["traceEvents"]
     threads = {
@@ -54,18 +63,46 @@ def op_times(trace_path: str) -> dict[str, float]:
         for e in events
         if e.get("ph") == "M" and e.get("name") == "thread_name"
     }
-    totals: dict[str, float] = collections.Counter()
+    out = []
     for e in events:
         if e.get("ph") != "X" or "::" in e["name"] or e["name"].startswith("$"):
             continue
         if threads.get((e.get("pid"), e.get("tid")), "python") == "python":
             continue
-        totals[e["name"]] += float(e.get("dur", 0.0))
-    return dict(totals)
+        out.append((e["name"], float(e["ts"]), float(e.get("dur", 0.0))))
+    return sorted(out, key=lambda event: event[1])
+
+
+def async_dot_times(
+    events: list[tuple[str, float, float]], metadata: dict[str, dict[str, Any]]
+) -> tuple[dict[str, float], float, float]:
+    """(microseconds per plain `dot` of the untraced time it ran in, the untraced time left
+    over, the wall time from the first op to the end of the last).
+
+    Untraced time is a gap between HLO ops on all threads together. A gap goes to the last
+    plain dot that started after the previous gap (its work is what runs there); a gap with no
+    such dot is the runtime's own (dispatch, the host between steps) and is left over.
+    """
+    ops = [e for e in events if e[0] in metadata]
+    attributed: dict[str, float] = collections.Counter()
+    if not ops:
+        return {}, 0.0, 0.0
+    leftover, busy_until, last_dot = 0.0, ops[0][1], None
+    for name, start, duration in ops:
+        if start > busy_until:
+            if last_dot is None:
+                leftover += start - busy_until
+            else:
+                attributed[last_dot] += start - busy_until
+            last_dot = None
+        if metadata[name].get("opcode") == "dot":
+            last_dot = name
+        busy_until = max(busy_until, start + duration)
+    return dict(attributed), leftover, busy_until - ops[0][1]
 
 
 def hlo_metadata(hlo_text: str) -> dict[str, dict[str, Any]]:
-    """op name -> {"shape", "matmul", "op_name"} from a compiled module's HLO text."""
+    """op name -> {"shape", "opcode", "matmul", "op_name"} from a compiled module's HLO text."""
     info = {}
     for line in hlo_text.splitlines():
         match = _HLO_LINE.match(line)
@@ -75,6 +112,7 @@ def hlo_metadata(hlo_text: str) -> dict[str, dict[str, Any]]:
         op_name = _OP_NAME.search(line)
         info[name] = {
             "shape": shape,
+            "opcode": opcode,
             "matmul": opcode in ("dot", "convolution") or any(m in line for m in _MATMUL_MARKERS),
             "op_name": op_name.group(1) if op_name else "",
         }
@@ -134,12 +172,45 @@ def op_breakdown(
     }
 
 
+def step_profile(
+    trace_path: str, metadata: dict[str, dict[str, Any]], steps: int, top: int = 12
+) -> dict[str, Any]:
+    """`op_breakdown` of a trace of `steps` steps, each plain dot credited with the untraced
+    time its asynchronous work ran in, loops and calls not counted over their bodies' ops;
+    also the wall time per step and the untraced time left."""
+    events = [
+        e
+        for e in op_events(trace_path)
+        if metadata.get(e[0], {}).get("opcode") not in _CONTAINER_OPCODES
+    ]
+    times: dict[str, float] = collections.Counter()
+    for name, _, duration in events:
+        times[name] += duration
+    async_us, leftover_us, wall_us = async_dot_times(events, metadata)
+    for name, us in async_us.items():
+        times[name] += us
+    breakdown = op_breakdown(dict(times), metadata, steps, top)
+    per_step = lambda us: us / 1000 / steps  # noqa: E731
+    breakdown.update(
+        wall_ms_per_step=per_step(wall_us),
+        async_dot_ms_per_step=per_step(sum(async_us.values())),
+        untraced_ms_per_step=per_step(leftover_us),
+    )
+    return breakdown
+
+
 def breakdown_rows(breakdown: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Table rows of `op_breakdown`'s result."""
+    """Table rows of `op_breakdown`'s (or `step_profile`'s) result."""
     rows: list[tuple[str, Any]] = [
         ("profile (shares of summed XLA op time)", None),
         ("op time per step (ms, all threads)", breakdown["op_time_ms_per_step"]),
     ]
+    if "wall_ms_per_step" in breakdown:
+        rows += [
+            ("  of which async Eigen dots, untraced (ms)", breakdown["async_dot_ms_per_step"]),
+            ("wall time per step (ms)", breakdown["wall_ms_per_step"]),
+            ("  with no op and no dot on any thread (ms)", breakdown["untraced_ms_per_step"]),
+        ]
     rows += [(k, f"{100 * v:.1f}%") for k, v in breakdown["by_kind"].items()]
     rows += [(k, f"{100 * v:.1f}%") for k, v in breakdown["by_part"].items() if v >= 0.005]
     rows.append(("top ops", None))

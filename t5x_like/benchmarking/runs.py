@@ -157,7 +157,7 @@ def benchmark_train(
 
         trace = profile.trace_steps(run_step, profile_steps, profile_dir)
         metadata = profile.hlo_metadata(compiled.compiled.as_text())
-        breakdown = profile.op_breakdown(profile.op_times(trace), metadata, profile_steps)
+        breakdown = profile.step_profile(trace, metadata, profile_steps)
         breakdown["trace"] = trace
         state = holder["state"]
     metrics = jax.device_get(metrics)
