@@ -181,7 +181,7 @@ def step_profile(
     events = [
         e
         for e in op_events(trace_path)
-        if metadata.get(e[0], {}).get("opcode") not in _CONTAINER_OPCODES
+        if e[0] in metadata and metadata[e[0]]["opcode"] not in _CONTAINER_OPCODES
     ]
     times: dict[str, float] = collections.Counter()
     for name, _, duration in events:
