@@ -22,9 +22,9 @@ import jax
 from absl import app, flags, logging
 
 from t5x_like import decoding, distributed, host_memory
-from t5x_like.benchmarking import decode, report, runs
 from t5x_like.cli import ConfigFlag, main_with_clear_errors
 from t5x_like.log_setup import setup_logging
+from t5x_like.tools.benchmarking import decode, report, runs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "benchmark.py")
 

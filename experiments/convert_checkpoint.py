@@ -27,8 +27,8 @@ from absl import app, flags
 
 from t5x_like import checkpointing, layout, partitioning
 from t5x_like import config as config_lib
+from t5x_like.experiment import assembly as experiment
 from t5x_like.log_setup import setup_logging
-from t5x_like.training import experiment
 
 _FROM = flags.DEFINE_string("from_workdir", None, "Training workdir to convert (only read).")
 _TO = flags.DEFINE_string("to_workdir", None, "New workdir for the converted checkpoint.")
@@ -98,7 +98,7 @@ def convert_workdir(
       FileNotFoundError: `from_workdir` is no training workdir, or has no such step.
       ValueError: `to_workdir` is the source or already holds checkpoints.
     """
-    from t5x_like.evaluation.restore import checkpoint_dir
+    from t5x_like.experiment.restore import checkpoint_dir
 
     source_dir = checkpoint_dir(from_workdir)
     to_workdir = os.path.abspath(os.path.expanduser(to_workdir))

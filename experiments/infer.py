@@ -24,8 +24,8 @@ from absl import app, flags
 
 from t5x_like import decoding, distributed, host_memory
 from t5x_like.cli import main_with_clear_errors
-from t5x_like.evaluation import decode_eval, restore
-from t5x_like.inference import generate_text, read_prompts
+from t5x_like.experiment import decode_eval, restore
+from t5x_like.experiment.inference import generate_text, read_prompts
 from t5x_like.log_setup import setup_logging
 from t5x_like.workdir_flags import WorkdirConfig
 

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from t5x_like import plotting
+from t5x_like.tools import plotting
 
 _WORKDIRS = flags.DEFINE_multi_string(
     "workdirs",

@@ -36,9 +36,9 @@ import sys
 
 from absl import app, flags, logging
 
-from t5x_like import sweep
 from t5x_like.config import ConfigError
 from t5x_like.log_setup import setup_logging
+from t5x_like.tools import sweep
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Sweep root: one workdir per run under it, plus sweep.json and results."

@@ -10,12 +10,14 @@ TensorBoard event files under tensorboard/.
 
 import os
 
-from absl import app, flags
+import jax
+from absl import app, flags, logging
 
 from t5x_like import distributed, host_memory
 from t5x_like.cli import ConfigFlag, main_with_clear_errors
+from t5x_like.experiment import trainer
 from t5x_like.log_setup import setup_logging
-from t5x_like.training import trainer
+from t5x_like.tools import plotting
 
 # The multi-process flags (t5x_like/distributed.py) belong in this script's --help too.
 flags.adopt_module_key_flags(distributed)
@@ -42,6 +44,19 @@ def main(argv: list[str]) -> None:
     distributed.initialize_from_flags()
     setup_logging()
     trainer.train(_CONFIG.value, _WORKDIR.value)
+    _write_curves(_WORKDIR.value)
+
+
+def _write_curves(workdir: str) -> None:
+    """`<workdir>/curves.png` (process 0); a plotting problem never fails a finished run."""
+    if jax.process_index() != 0:
+        return
+    try:
+        path = plotting.write_training_curves(workdir)
+    except (OSError, ValueError) as e:
+        logging.warning("Could not plot the training curves: %s", e)
+    else:
+        logging.info("Training curves: %s", path)
 
 
 if __name__ == "__main__":

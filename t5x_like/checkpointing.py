@@ -31,9 +31,9 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from t5x_like.collectives import any_process
 from t5x_like.config import ConfigError
 from t5x_like.partitioning import path_names
-from t5x_like.training.collectives import any_process
 from t5x_like.training.train_state import TrainState
 
 

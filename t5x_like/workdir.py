@@ -25,8 +25,8 @@ import jax
 from absl import logging
 from ml_collections import config_dict
 
+from t5x_like import collectives
 from t5x_like import config as config_lib
-from t5x_like.training import collectives
 
 LOCK_FILE = ".lock"
 

@@ -15,7 +15,7 @@ from typing import Any
 from absl import flags
 
 from t5x_like.cli import ConfigFlag
-from t5x_like.evaluation.restore import checkpoint_dir
+from t5x_like.experiment.restore import checkpoint_dir
 
 SAVED_RUN_CONFIG = os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "configs", "saved_run.py")

@@ -28,8 +28,9 @@ from testutil import REPO, tiny_config, tiny_t5_config
 from t5x_like import cli
 from t5x_like import config as config_lib
 from t5x_like.config import ConfigError
-from t5x_like.evaluation import evaluator, restore
-from t5x_like.training import compilation, experiment
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import evaluator, restore
+from t5x_like.training import compilation
 
 DECODER_ONLY = str(REPO / "configs" / "decoder_only.py")
 SAVED_RUN = str(REPO / "configs" / "saved_run.py")

@@ -16,8 +16,9 @@ import pytest
 import testutil
 from testutil import REPO
 
-from t5x_like.benchmarking import harness, profile, report
-from t5x_like.training import experiment, flops
+from t5x_like.experiment import assembly as experiment
+from t5x_like.tools.benchmarking import harness, profile, report
+from t5x_like.training import flops
 
 TIMEOUT_S = 180
 GIB = 1024**3

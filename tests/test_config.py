@@ -6,7 +6,8 @@ from testutil import load_config, tiny_config, tiny_t5_config
 
 from t5x_like import config as config_lib
 from t5x_like.config import ConfigError
-from t5x_like.training import compilation, experiment
+from t5x_like.experiment import assembly as experiment
+from t5x_like.training import compilation
 
 BAD_CONFIGS = [
     (

@@ -12,10 +12,10 @@ import pytest
 from testutil import tiny_config, tiny_t5_config
 
 from t5x_like import decoding, partitioning
+from t5x_like.experiment import assembly as experiment
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.models.decoder_only import DecoderOnlyTransformer
 from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
-from t5x_like.training import experiment
 
 VOCAB = 64
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]

@@ -14,9 +14,9 @@ from testutil import REPO, load_config, tiny_config, tiny_t5_config
 from t5x_like import checkpointing, decoding
 from t5x_like import config as config_lib
 from t5x_like.data.preprocessors import BOS_ID
-from t5x_like.evaluation import restore
-from t5x_like.inference import generate_text, read_prompts
-from t5x_like.training import experiment
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import restore
+from t5x_like.experiment.inference import generate_text, read_prompts
 
 SMALL = {"model.vocab_size": None, "data.vocab_size": 256, "model.num_layers": 1}
 PROMPTS = ["The list type", "Return the value", "A module for <extra_id_0> files."]

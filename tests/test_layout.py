@@ -12,7 +12,9 @@ import pytest
 from testutil import REPO, synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_t5_config
 
 from t5x_like import checkpointing, layout, models
-from t5x_like.training import experiment, optimizers, trainer
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import trainer
+from t5x_like.training import optimizers
 from t5x_like.training.metrics_writer import read_metrics
 
 

@@ -8,7 +8,7 @@ from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_
 
 from t5x_like import config, partitioning
 from t5x_like.config import ConfigError
-from t5x_like.training import experiment
+from t5x_like.experiment import assembly as experiment
 
 
 def _run(cfg, devices, batches):

@@ -10,7 +10,7 @@ from matplotlib import colors
 from matplotlib import image as mpimg
 from testutil import REPO
 
-from t5x_like import plotting
+from t5x_like.tools import plotting
 from t5x_like.training.metrics_writer import MetricsWriter, read_metrics
 
 

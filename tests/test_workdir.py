@@ -13,7 +13,8 @@ from testutil import REPO, corpus_config, tiny_config
 
 from t5x_like import config as config_lib
 from t5x_like import workdir as workdir_lib
-from t5x_like.training import compilation, trainer
+from t5x_like.experiment import trainer
+from t5x_like.training import compilation
 
 HOLD_LOCK = """
 import sys, time

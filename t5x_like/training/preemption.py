@@ -23,7 +23,7 @@ from typing import Any
 
 from absl import logging
 
-from t5x_like.training import collectives
+from t5x_like import collectives
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

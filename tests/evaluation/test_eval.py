@@ -15,8 +15,9 @@ from testutil import REPO, load_config, tiny_config, tiny_t5_config
 from t5x_like import checkpointing
 from t5x_like import config as config_lib
 from t5x_like.config import ConfigError
-from t5x_like.evaluation import evaluator, restore
-from t5x_like.training import compilation, experiment, trainer
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import evaluator, restore, trainer
+from t5x_like.training import compilation
 from t5x_like.training.metrics_writer import read_metrics
 
 # One layer, the corpus fixture's vocabulary of 256 pieces, a warmup shorter than 2 steps.

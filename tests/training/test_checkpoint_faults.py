@@ -16,7 +16,8 @@ from orbax.checkpoint._src.path import atomicity
 from testutil import corpus_config
 
 from t5x_like import checkpointing
-from t5x_like.training import experiment, trainer
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import trainer
 from t5x_like.training.metrics_writer import read_metrics
 from t5x_like.training.train_state import TrainState
 

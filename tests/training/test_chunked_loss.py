@@ -9,7 +9,8 @@ from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_
 
 from t5x_like import config as config_lib
 from t5x_like import models, partitioning
-from t5x_like.training import chunked_loss, experiment, losses, steps
+from t5x_like.experiment import assembly as experiment
+from t5x_like.training import chunked_loss, losses, steps
 
 RTOL = 1e-6
 

@@ -6,7 +6,7 @@ import numpy as np
 from testutil import tiny_t5_config
 
 from t5x_like import decoding, partitioning
-from t5x_like.training import experiment
+from t5x_like.experiment import assembly as experiment
 
 LENGTH = 12  # Encoder and decoder row length: up to 8 tokens plus EOS.
 VOCAB = 32

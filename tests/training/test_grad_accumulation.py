@@ -7,7 +7,8 @@ from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_
 
 from t5x_like import partitioning
 from t5x_like.config import ConfigError
-from t5x_like.training import experiment, steps
+from t5x_like.experiment import assembly as experiment
+from t5x_like.training import steps
 
 
 def _sgd(cfg, microbatches, batch_size=8, **mesh):

@@ -6,7 +6,8 @@ import numpy as np
 from testutil import synthetic_batch, tiny_config
 
 from t5x_like import models, partitioning
-from t5x_like.training import experiment, steps
+from t5x_like.experiment import assembly as experiment
+from t5x_like.training import steps
 
 
 def _setup(dtype):

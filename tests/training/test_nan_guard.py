@@ -12,7 +12,9 @@ import pytest
 from testutil import corpus_config
 
 from t5x_like import checkpointing
-from t5x_like.training import experiment, nan_guard, trainer
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import trainer
+from t5x_like.training import nan_guard
 from t5x_like.training.metrics_writer import read_metrics
 
 

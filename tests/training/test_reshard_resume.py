@@ -7,7 +7,8 @@ import numpy as np
 from testutil import tiny_config
 
 from t5x_like import checkpointing
-from t5x_like.training import experiment, trainer
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import trainer
 from t5x_like.training.metrics_writer import read_metrics
 
 MESH_A = dict(data=2, fsdp=2, tensor=2)

@@ -12,7 +12,8 @@ from testutil import load_config, tiny_t5_config
 from t5x_like import checkpointing
 from t5x_like.config import ConfigError
 from t5x_like.data import docstrings
-from t5x_like.training import experiment, trainer
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import trainer
 from t5x_like.training.metrics_writer import read_metrics
 
 SMALL_MODEL = {"model.vocab_size": None, "data.vocab_size": 256}

@@ -14,8 +14,8 @@ from typing import Any
 
 from absl import logging
 
-from t5x_like.sweep.files import load_json, read_metrics_jsonl, write_json, write_text
-from t5x_like.sweep.spec import Run
+from t5x_like.tools.sweep.files import load_json, read_metrics_jsonl, write_json, write_text
+from t5x_like.tools.sweep.spec import Run
 
 RUN_RECORD = "sweep_run.json"  # Per-run launch history written by `launch_local`.
 

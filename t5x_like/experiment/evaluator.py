@@ -22,8 +22,8 @@ from ml_collections import config_dict
 
 from t5x_like import config as config_lib
 from t5x_like import partitioning
-from t5x_like.evaluation import decode_eval, restore
-from t5x_like.training import experiment
+from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import decode_eval, restore
 
 
 def eval_config(

@@ -23,7 +23,7 @@ import numpy as np
 from t5x_like import decoding, partitioning
 from t5x_like.data.preprocessors import BOS_ID
 from t5x_like.data.sharded_iterator import process_rows
-from t5x_like.evaluation.restore import RestoredRun
+from t5x_like.experiment.restore import RestoredRun
 
 # Keys a JSONL prompt record may use for its text, in order of preference.
 PROMPT_KEYS = ("prompt", "inputs", "text")

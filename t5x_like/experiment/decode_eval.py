@@ -15,7 +15,7 @@ import numpy as np
 
 from t5x_like import decoding, partitioning
 from t5x_like.evaluation import metrics
-from t5x_like.training import experiment
+from t5x_like.experiment import assembly as experiment
 
 
 def jit_decode(exp: Any, param_shardings: Any) -> Any:

@@ -36,7 +36,7 @@ from ml_collections import config_dict
 
 from t5x_like import cli
 from t5x_like.config import ConfigError, validate_config
-from t5x_like.sweep.files import jsonable, load_json, write_json
+from t5x_like.tools.sweep.files import jsonable, load_json, write_json
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")

@@ -20,7 +20,8 @@ from ml_collections import config_dict
 
 from t5x_like import models, partitioning
 from t5x_like.data import packing
-from t5x_like.training import experiment, flops
+from t5x_like.experiment import assembly as experiment
+from t5x_like.training import flops
 from t5x_like.training.train_state import TrainState
 
 _DECODER_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")

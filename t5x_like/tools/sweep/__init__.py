@@ -10,8 +10,14 @@
 experiments/sweep.py is the command line; the names below are its API.
 """
 
-from t5x_like.sweep.launch import RUN_RECORD, finished_step, launch_local, run_one, write_scripts
-from t5x_like.sweep.results import (
+from t5x_like.tools.sweep.launch import (
+    RUN_RECORD,
+    finished_step,
+    launch_local,
+    run_one,
+    write_scripts,
+)
+from t5x_like.tools.sweep.results import (
     RESULT_COLUMNS,
     collect,
     markdown_table,
@@ -19,7 +25,7 @@ from t5x_like.sweep.results import (
     run_status,
     write_results,
 )
-from t5x_like.sweep.spec import (
+from t5x_like.tools.sweep.spec import (
     MAX_NAME_LEN,
     REPO,
     SWEEP_JSON,

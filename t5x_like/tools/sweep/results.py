@@ -10,9 +10,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from t5x_like.sweep.files import load_json, read_metrics_jsonl, write_text
-from t5x_like.sweep.launch import RUN_RECORD, finished_step
-from t5x_like.sweep.spec import Run, format_value
+from t5x_like.tools.sweep.files import load_json, read_metrics_jsonl, write_text
+from t5x_like.tools.sweep.launch import RUN_RECORD, finished_step
+from t5x_like.tools.sweep.spec import Run, format_value
 
 RESULT_COLUMNS = (
     "status",

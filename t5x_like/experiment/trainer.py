@@ -19,13 +19,11 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, host_memory, partitioning, plotting
+from t5x_like import checkpointing, host_memory, partitioning
 from t5x_like import config as config_lib
 from t5x_like import workdir as workdir_lib
-from t5x_like.evaluation import decode_eval, restore
-from t5x_like.training import flops, losses, nan_guard, optimizers, preemption
-from t5x_like.training.compilation import compile_count, enable_compilation_cache
-from t5x_like.training.experiment import (
+from t5x_like.experiment import decode_eval, restore
+from t5x_like.experiment.assembly import (
     Experiment,
     build_experiment,
     evaluate,
@@ -34,6 +32,8 @@ from t5x_like.training.experiment import (
     make_train_iterator,
     state_shardings,
 )
+from t5x_like.training import flops, losses, nan_guard, optimizers, preemption
+from t5x_like.training.compilation import compile_count, enable_compilation_cache
 from t5x_like.training.metrics_writer import MetricsWriter
 from t5x_like.training.train_state import TrainState
 
@@ -171,18 +171,6 @@ def _due(done: int, every: int, total: int) -> bool:
 def _has_checkpoints(workdir: str) -> bool:
     directory = os.path.join(workdir, "checkpoints")
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
-def _write_curves(workdir: str) -> None:
-    """`<workdir>/curves.png` (process 0); a plotting problem never fails a finished run."""
-    if jax.process_index() != 0:
-        return
-    try:
-        path = plotting.write_training_curves(workdir)
-    except (OSError, ValueError) as e:
-        logging.warning("Could not plot the training curves: %s", e)
-    else:
-        logging.info("Training curves: %s", path)
 
 
 def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -376,7 +364,6 @@ def _train_loop(
             if _due(done, train_cfg.checkpoint_every, train_cfg.steps):
                 progress.save(done, state, train_iter)
     progress.writer.close()
-    _write_curves(workdir)
     if "stopped" not in result:
         logging.info(
             "Done: step %d in %.1fs; outputs in %s.",

@@ -19,8 +19,9 @@ import numpy as np
 from ml_collections import config_dict
 
 from t5x_like import decoding, partitioning
-from t5x_like.benchmarking import harness, report
-from t5x_like.training import experiment, flops
+from t5x_like.experiment import assembly as experiment
+from t5x_like.tools.benchmarking import harness, report
+from t5x_like.training import flops
 
 
 def _prompts(exp: Any, batch: int, prompt_len: int, seed: int) -> dict[str, np.ndarray]:

@@ -15,8 +15,9 @@ from typing import Any
 import jax
 from ml_collections import config_dict
 
-from t5x_like.benchmarking import harness, profile, report
-from t5x_like.training import experiment, flops
+from t5x_like.experiment import assembly as experiment
+from t5x_like.tools.benchmarking import harness, profile, report
+from t5x_like.training import flops
 
 FLOP_FORMULA = (
     "decoder-only: 6*N + 12*L*T*d_attn per token; encoder-decoder: "

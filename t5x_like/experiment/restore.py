@@ -16,7 +16,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from t5x_like import checkpointing
-from t5x_like.training import experiment
+from t5x_like.experiment import assembly as experiment
 from t5x_like.training.compilation import enable_compilation_cache
 
 
