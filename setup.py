@@ -21,7 +21,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest~=9.0", "pytest-xdist~=3.8", "ruff~=0.17.0"],
+    # import-linter checks the layering contract in pyproject.toml (ARCHITECTURE.md).
+    "test": ["pytest~=9.0", "pytest-xdist~=3.8", "ruff~=0.17.0", "import-linter~=2.17"],
     # The tf.data path for datasets prepared as tfrecord.
     "tf": ["tensorflow~=2.21.0"],
     # Hugging Face weight import/export (CPU torch is enough; the parity tests use it).
