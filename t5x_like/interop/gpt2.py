@@ -1,47 +1,30 @@
-"""Hugging Face GPT-2 <-> our `DecoderOnlyTransformer`: weights and configs.
+"""Hugging Face GPT-2 <-> our `DecoderOnlyTransformer`: the `GPT2` family table.
 
 GPT-2 is a configuration of our shared layers: learned absolute positions, pre-LayerNorm, biases
 everywhere, a GELU MLP (HF's `gelu_new` is the tanh GELU, as is `jax.nn.gelu`), attention logits
 scaled by 1/sqrt(head_dim), and an LM head tied to the token embedding without logit scaling
 (`scale_tied_logits=False`). HF's `Conv1D` stores weights [in, out] (our kernel layout) and fuses
-the Q, K and V projections into one `c_attn` tensor, split here into our three.
+the Q, K and V projections into one `c_attn` tensor, split here into our three. Checkpoints of
+`GPT2LMHeadModel` and of a bare `GPT2Model` (as on the Hub) both import.
 
     config = config_from_hf("path/to/hf_checkpoint", scan_layers=True)
     params = import_gpt2("path/to/hf_checkpoint", config)
     state_dict = export_gpt2(params, config)  # GPT2LMHeadModel.load_state_dict(..., strict=True)
     save_hf_checkpoint(params, config, "out_dir")  # GPT2LMHeadModel.from_pretrained
 
-Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed.
+Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed. The
+conversion itself is `t5x_like.interop.family.Family`'s.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any
 
 import numpy as np
 
-from t5x_like.interop.common import (
-    FusedRule,
-    Rule,
-    Source,
-    StateDict,
-    add_missing_prefix,
-    canonical_tied_head,
-    copy_rule,
-    export_params,
-    import_params,
-    int_inputs,
-    linear_rule,
-    load_state_dict,
-    param_shapes,
-    read_hf_config,
-    reshape_rule,
-    write_hf_checkpoint,
-)
+from t5x_like.interop.common import FusedRule, Rule, copy_rule, reshape_rule
+from t5x_like.interop.family import DECODER_ONLY, Family, causal_lm_state, lm_head_rules
 from t5x_like.layers.config import TransformerConfig
-from t5x_like.models.decoder_only import DecoderOnlyTransformer
 
 # HF activation_function -> ours: the ones that match exactly. gelu_new, gelu_pytorch_tanh and
 # gelu_fast are all the tanh GELU; HF's plain "gelu" is the erf GELU and deliberately absent.
@@ -54,7 +37,6 @@ _ACTIVATIONS = {
     "swish": "silu",
 }
 _ACTIVATION_FUNCTION = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}
-_REQUIRED_CONFIG_KEYS = ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions")
 # Settings that change the computation in ways our layers do not express, with the value that
 # keeps parity. (reorder_and_upcast_attn only moves the 1/sqrt(head_dim) and upcasts to float32
 # under mixed precision: the same function, so it is accepted.)
@@ -68,22 +50,9 @@ _UNSUPPORTED = {
 
 _NORM_PARAMS = {"weight": "scale", "bias": "bias"}  # torch LayerNorm -> flax LayerNorm
 _EMBEDDING = "transformer.wte.weight"
-_LM_HEAD = "lm_head.weight"
 
 
-def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
-    """Our config for an HF GPT-2 config (a `transformers.GPT2Config`, its dict, a `config.json`
-    path or a checkpoint directory). `overrides` set other fields, e.g. `scan_layers=True`.
-
-    Raises ValueError for settings our model cannot reproduce exactly.
-    """
-    hf = read_hf_config(hf_config)
-    model_type = hf.get("model_type", "gpt2")
-    if model_type != "gpt2":
-        raise ValueError(f"model_type {model_type!r} is not a GPT-2 config; expected 'gpt2'.")
-    missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in hf]
-    if missing:
-        raise ValueError(f"HF GPT-2 config lacks required keys {missing}.")
+def _config_values(hf: dict[str, Any]) -> dict[str, Any]:
     activation = hf.get("activation_function", "gelu_new")
     if activation not in _ACTIVATIONS:
         raise ValueError(
@@ -94,12 +63,12 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
     for key, (supported, why) in _UNSUPPORTED.items():
         if hf.get(key, supported) != supported:
             raise ValueError(f"{key}={hf[key]!r} is not supported: {why}.")
-    d_model, num_heads = hf["n_embd"], hf["n_head"]
-    values = dict(
+    d_model = hf["n_embd"]
+    return dict(
         vocab_size=hf["vocab_size"],
         d_model=d_model,
         num_layers=hf["n_layer"],
-        num_heads=num_heads,
+        num_heads=hf["n_head"],
         num_kv_heads=None,
         head_dim=None,  # GPT-2's is always n_embd // n_head.
         mlp_dim=hf.get("n_inner") or 4 * d_model,
@@ -117,26 +86,10 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
         # MLP's hidden layer); we have no attention dropout. Irrelevant to inference.
         dropout_rate=hf.get("resid_pdrop", 0.1),
     )
-    values.update(overrides)
-    return TransformerConfig(**values)
 
 
-def _check_gpt2_layout(config: TransformerConfig) -> None:
-    """Raises ValueError unless `config` is an architecture HF's GPT-2 can express."""
+def _layout_problems(config: TransformerConfig) -> list[str]:
     problems = []
-    expected = {
-        "position": "learned",
-        "norm": "layernorm",
-        "norm_position": "pre",
-        "use_bias": True,
-    }
-    for field, want in expected.items():
-        if getattr(config, field) != want:
-            problems.append(f"{field}={getattr(config, field)!r} (GPT-2: {want!r})")
-    if config.activation not in _ACTIVATION_FUNCTION:
-        problems.append(
-            f"activation={config.activation!r} (GPT-2: one of {list(_ACTIVATION_FUNCTION)})"
-        )
     if config.kv_heads != config.num_heads:
         problems.append(f"num_kv_heads={config.num_kv_heads} (GPT-2 has full multi-head attention)")
     if config.num_heads * config.qkv_dim != config.d_model:
@@ -146,16 +99,11 @@ def _check_gpt2_layout(config: TransformerConfig) -> None:
         )
     if config.tie_embeddings and config.scale_tied_logits:
         problems.append("scale_tied_logits=True (GPT-2's tied LM head does not scale its logits)")
-    if problems:
-        raise ValueError("TransformerConfig is not a GPT-2 layout: " + "; ".join(problems) + ".")
+    return problems
 
 
-def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
-    """The HF `config.json` contents of a GPT-2-layout `config` (no transformers import needed)."""
-    _check_gpt2_layout(config)
+def _hf_values(config: TransformerConfig) -> dict[str, Any]:
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
         "vocab_size": config.vocab_size,
         "n_positions": config.max_len,
         "n_embd": config.d_model,
@@ -176,13 +124,6 @@ def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
     }
 
 
-def hf_config_from(config: TransformerConfig) -> Any:
-    """A `transformers.GPT2Config` for a GPT-2-layout `config` (needs the `[hf]` extra)."""
-    from transformers import GPT2Config
-
-    return GPT2Config(**hf_config_dict(config))
-
-
 def _ignored_keys(config: TransformerConfig) -> list[str]:
     # Older checkpoints (the Hub's) carry each layer's causal-mask buffers; HF ignores them too.
     return [
@@ -192,12 +133,8 @@ def _ignored_keys(config: TransformerConfig) -> list[str]:
     ]
 
 
-def _weight_rules(config: TransformerConfig, with_head_alias: bool = False) -> list[Rule]:
-    """Every HF tensor of the model, in GPT2LMHeadModel.state_dict() order.
-
-    `with_head_alias` adds `lm_head.weight` as a copy of the tied embedding (a strict
-    `load_state_dict` requires it); import reads the embedding once.
-    """
+def _weight_rules(config: TransformerConfig, with_aliases: bool) -> list[Rule]:
+    """Every HF tensor of the model, in GPT2LMHeadModel.state_dict() order."""
     e, v = config.d_model, config.vocab_size
     embedding = ("token_embed", "embedding")
     rules: list[Rule] = [
@@ -210,11 +147,7 @@ def _weight_rules(config: TransformerConfig, with_head_alias: bool = False) -> l
         copy_rule(f"transformer.ln_f.{hf_name}", ("decoder", "final_norm", name), (e,))
         for hf_name, name in _NORM_PARAMS.items()
     ]
-    if not config.tie_embeddings:
-        rules.append(linear_rule(_LM_HEAD, ("logits", "kernel"), e, v))
-    elif with_head_alias:
-        rules.append(copy_rule(_LM_HEAD, embedding, (v, e)))
-    return rules
+    return rules + list(lm_head_rules(config, embedding, with_aliases))
 
 
 def _layer_rules(config: TransformerConfig, i: int) -> list[Rule]:
@@ -259,58 +192,26 @@ def _layer_rules(config: TransformerConfig, i: int) -> list[Rule]:
     ]
 
 
-@functools.lru_cache(maxsize=16)
-def _model_param_shapes(config: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    return param_shapes(DecoderOnlyTransformer(config), *int_inputs((1, 1)))
+GPT2 = Family(
+    label="GPT-2",
+    model_types=("gpt2",),
+    architecture="GPT2LMHeadModel",
+    hf_config_class="GPT2Config",
+    required_keys=("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"),
+    config_values=_config_values,
+    hf_values=_hf_values,
+    layout={"position": "learned", "norm": "layernorm", "norm_position": "pre", "use_bias": True},
+    activations=_ACTIVATION_FUNCTION,
+    layout_problems=_layout_problems,
+    weight_rules=_weight_rules,
+    ignored_keys=_ignored_keys,
+    prepare_state=causal_lm_state("transformer.", _EMBEDDING),
+    target=DECODER_ONLY,
+)
 
-
-def _scanned_stacks(config: TransformerConfig) -> dict[str, int] | None:
-    return {"decoder": config.num_layers} if config.scan_layers else None
-
-
-def import_gpt2(source: Source, config: TransformerConfig) -> dict[str, Any]:
-    """Our parameter tree (nested dict of float32 numpy arrays) from an HF GPT-2 checkpoint.
-
-    `source` is a torch or numpy state dict of `GPT2LMHeadModel` (or of a bare `GPT2Model`, as
-    on the Hub), a `.safetensors` file, or an HF checkpoint directory (read without torch).
-    Layers are stacked on a leading axis when `config.scan_layers`. Raises ValueError naming
-    each missing, unexpected or mis-shaped tensor (with its expected shape), or a tied LM head
-    that differs from the token embedding.
-    """
-    _check_gpt2_layout(config)
-    state = add_missing_prefix(load_state_dict(source), "transformer.", keep=(_LM_HEAD,))
-    state = canonical_tied_head(state, _LM_HEAD, _EMBEDDING, config.tie_embeddings)
-    return import_params(
-        state,
-        _weight_rules(config),
-        _model_param_shapes(config),
-        ignored=_ignored_keys(config),
-        scanned_stacks=_scanned_stacks(config),
-    )
-
-
-def export_gpt2(params: Any, config: TransformerConfig) -> StateDict:
-    """The `GPT2LMHeadModel` state dict (float32 numpy; every key a strict `load_state_dict`
-    requires, a tied head repeated under `lm_head.weight`) of our params (plain or logically
-    boxed, numpy or fully addressable jax arrays; unrolled or scanned as `config.scan_layers`
-    says)."""
-    _check_gpt2_layout(config)
-    return export_params(
-        params,
-        _weight_rules(config, with_head_alias=True),
-        _model_param_shapes(config),
-        scanned_stacks=_scanned_stacks(config),
-    )
-
-
-def save_hf_checkpoint(
-    params: Any, config: TransformerConfig, directory: str | os.PathLike
-) -> None:
-    """Writes `config.json` and `model.safetensors` that
-    `GPT2LMHeadModel.from_pretrained(directory)` loads (torch is not needed to write).
-
-    Like transformers' own `save_pretrained`, a tied LM head is not written separately.
-    """
-    tied = [_LM_HEAD] if config.tie_embeddings else []
-    state = export_gpt2(params, config)
-    write_hf_checkpoint(state, hf_config_dict(config), directory, tied_keys=tied)
+config_from_hf = GPT2.config_from_hf
+hf_config_dict = GPT2.hf_config_dict
+hf_config_from = GPT2.hf_config_from
+import_gpt2 = GPT2.import_weights
+export_gpt2 = GPT2.export_weights
+save_hf_checkpoint = GPT2.save_hf_checkpoint

@@ -1,47 +1,36 @@
-"""Hugging Face LLaMA <-> our `DecoderOnlyTransformer`: weights and configs.
+"""Hugging Face LLaMA <-> our `DecoderOnlyTransformer`: the `LLAMA` family table.
 
 LLaMA is a configuration of our shared layers: RoPE (the half-split layout, rotating the first
 half of each head against the second, which is HF's `rotate_half`), pre-RMSNorm, a SwiGLU MLP
 (`wi_0` = `gate_proj` under SiLU, `wi_1` = `up_proj`, `wo` = `down_proj`), grouped-query attention
 (`num_kv_heads`), no biases and an untied LM head. A tied head (`tie_word_embeddings=True`) maps
 to `tie_embeddings=True` with `scale_tied_logits=False`; `attention_bias` and `mlp_bias`, when
-both set, map to `use_bias=True`.
+both set, map to `use_bias=True`. Checkpoints of `LlamaForCausalLM` and of a bare `LlamaModel`
+both import.
 
     config = config_from_hf("path/to/hf_checkpoint", scan_layers=True)
     params = import_llama("path/to/hf_checkpoint", config)
     state_dict = export_llama(params, config)  # LlamaForCausalLM.load_state_dict(..., strict=True)
     save_hf_checkpoint(params, config, "out_dir")  # LlamaForCausalLM.from_pretrained
 
-Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed.
+Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed. The
+conversion itself is `t5x_like.interop.family.Family`'s.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any
 
 from t5x_like.interop.common import (
     Rule,
-    Source,
-    StateDict,
-    add_missing_prefix,
-    canonical_tied_head,
     copy_rule,
-    export_params,
     heads_in_rule,
     heads_out_rule,
-    import_params,
-    int_inputs,
     linear_rule,
-    load_state_dict,
-    param_shapes,
-    read_hf_config,
     reshape_rule,
-    write_hf_checkpoint,
 )
+from t5x_like.interop.family import DECODER_ONLY, Family, causal_lm_state, lm_head_rules
 from t5x_like.layers.config import TransformerConfig
-from t5x_like.models.decoder_only import DecoderOnlyTransformer
 
 # HF hidden_act (of the gated MLP) -> our gated activation: the ones that match exactly. HF's
 # plain "gelu" is the erf GELU whereas ours is the tanh approximation, so it is absent.
@@ -64,7 +53,6 @@ _REQUIRED_CONFIG_KEYS = (
 _DEFAULT_ROPE_THETA = 10_000.0
 
 _EMBEDDING = "model.embed_tokens.weight"
-_LM_HEAD = "lm_head.weight"
 
 
 def _rope_theta(hf: dict[str, Any]) -> float:
@@ -90,19 +78,7 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float(theta)
 
 
-def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
-    """Our config for an HF LLaMA config (a `transformers.LlamaConfig`, its dict, a `config.json`
-    path or a checkpoint directory). `overrides` set other fields, e.g. `scan_layers=True`.
-
-    Raises ValueError for settings our model cannot reproduce exactly.
-    """
-    hf = read_hf_config(hf_config)
-    model_type = hf.get("model_type", "llama")
-    if model_type != "llama":
-        raise ValueError(f"model_type {model_type!r} is not a LLaMA config; expected 'llama'.")
-    missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in hf]
-    if missing:
-        raise ValueError(f"HF LLaMA config lacks required keys {missing}.")
+def _config_values(hf: dict[str, Any]) -> dict[str, Any]:
     act = hf.get("hidden_act", "silu")
     if act not in _ACTIVATIONS:
         raise ValueError(
@@ -123,7 +99,7 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
             f"num_attention_heads={num_heads} is not a multiple of num_key_value_heads={kv_heads}."
         )
     head_dim = hf.get("head_dim") or d_model // num_heads
-    values = dict(
+    return dict(
         vocab_size=hf["vocab_size"],
         d_model=d_model,
         num_layers=hf["num_hidden_layers"],
@@ -146,40 +122,21 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
         # LLaMA has no residual or embedding dropout (only attention_dropout, which we lack).
         dropout_rate=0.0,
     )
-    values.update(overrides)
-    return TransformerConfig(**values)
 
 
-def _check_llama_layout(config: TransformerConfig) -> None:
-    """Raises ValueError unless `config` is an architecture HF's LLaMA can express."""
+def _layout_problems(config: TransformerConfig) -> list[str]:
     problems = []
-    expected = {
-        "position": "rope",
-        "norm": "rmsnorm",
-        "norm_position": "pre",
-        "scale_attention_logits": True,
-    }
-    for field, want in expected.items():
-        if getattr(config, field) != want:
-            problems.append(f"{field}={getattr(config, field)!r} (LLaMA: {want!r})")
-    if config.activation not in _HIDDEN_ACT:
-        problems.append(f"activation={config.activation!r} (LLaMA: one of {list(_HIDDEN_ACT)})")
     if config.num_heads % config.kv_heads:
         problems.append(
             f"num_kv_heads={config.num_kv_heads} does not divide num_heads={config.num_heads}"
         )
     if config.tie_embeddings and config.scale_tied_logits:
         problems.append("scale_tied_logits=True (LLaMA's tied LM head does not scale its logits)")
-    if problems:
-        raise ValueError("TransformerConfig is not a LLaMA layout: " + "; ".join(problems) + ".")
+    return problems
 
 
-def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
-    """The HF `config.json` contents of a LLaMA-layout `config` (no transformers import needed)."""
-    _check_llama_layout(config)
+def _hf_values(config: TransformerConfig) -> dict[str, Any]:
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.mlp_dim,
@@ -204,35 +161,20 @@ def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
     }
 
 
-def hf_config_from(config: TransformerConfig) -> Any:
-    """A `transformers.LlamaConfig` for a LLaMA-layout `config` (needs the `[hf]` extra)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(**hf_config_dict(config))
-
-
 def _ignored_keys(config: TransformerConfig) -> list[str]:
     # Older checkpoints carry each layer's RoPE frequencies as a buffer; they are recomputed.
     return [f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(config.num_layers)]
 
 
-def _weight_rules(config: TransformerConfig, with_head_alias: bool = False) -> list[Rule]:
-    """Every HF tensor of the model, in LlamaForCausalLM.state_dict() order.
-
-    `with_head_alias` adds `lm_head.weight` as a copy of a tied embedding (a strict
-    `load_state_dict` requires it); import reads the embedding once.
-    """
+def _weight_rules(config: TransformerConfig, with_aliases: bool) -> list[Rule]:
+    """Every HF tensor of the model, in LlamaForCausalLM.state_dict() order."""
     e, v = config.d_model, config.vocab_size
     embedding = ("token_embed", "embedding")
     rules: list[Rule] = [copy_rule(_EMBEDDING, embedding, (v, e))]
     for i in range(config.num_layers):
         rules += _layer_rules(config, i)
     rules.append(copy_rule("model.norm.weight", ("decoder", "final_norm", "scale"), (e,)))
-    if not config.tie_embeddings:
-        rules.append(linear_rule(_LM_HEAD, ("logits", "kernel"), e, v))
-    elif with_head_alias:
-        rules.append(copy_rule(_LM_HEAD, embedding, (v, e)))
-    return rules
+    return rules + list(lm_head_rules(config, embedding, with_aliases))
 
 
 def _layer_rules(config: TransformerConfig, i: int) -> list[Rule]:
@@ -270,58 +212,31 @@ def _layer_rules(config: TransformerConfig, i: int) -> list[Rule]:
     return rules
 
 
-@functools.lru_cache(maxsize=16)
-def _model_param_shapes(config: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    return param_shapes(DecoderOnlyTransformer(config), *int_inputs((1, 1)))
+LLAMA = Family(
+    label="LLaMA",
+    model_types=("llama",),
+    architecture="LlamaForCausalLM",
+    hf_config_class="LlamaConfig",
+    required_keys=_REQUIRED_CONFIG_KEYS,
+    config_values=_config_values,
+    hf_values=_hf_values,
+    layout={
+        "position": "rope",
+        "norm": "rmsnorm",
+        "norm_position": "pre",
+        "scale_attention_logits": True,
+    },
+    activations=_HIDDEN_ACT,
+    layout_problems=_layout_problems,
+    weight_rules=_weight_rules,
+    ignored_keys=_ignored_keys,
+    prepare_state=causal_lm_state("model.", _EMBEDDING),
+    target=DECODER_ONLY,
+)
 
-
-def _scanned_stacks(config: TransformerConfig) -> dict[str, int] | None:
-    return {"decoder": config.num_layers} if config.scan_layers else None
-
-
-def import_llama(source: Source, config: TransformerConfig) -> dict[str, Any]:
-    """Our parameter tree (nested dict of float32 numpy arrays) from an HF LLaMA checkpoint.
-
-    `source` is a torch or numpy state dict of `LlamaForCausalLM` (or of a bare `LlamaModel`), a
-    `.safetensors` file, or an HF checkpoint directory (read without torch; sharded ones too).
-    Layers are stacked on a leading axis when `config.scan_layers`. Raises ValueError naming each
-    missing, unexpected or mis-shaped tensor (with its expected shape), or a tied LM head that
-    differs from the token embedding.
-    """
-    _check_llama_layout(config)
-    state = add_missing_prefix(load_state_dict(source), "model.", keep=(_LM_HEAD,))
-    state = canonical_tied_head(state, _LM_HEAD, _EMBEDDING, config.tie_embeddings)
-    return import_params(
-        state,
-        _weight_rules(config),
-        _model_param_shapes(config),
-        ignored=_ignored_keys(config),
-        scanned_stacks=_scanned_stacks(config),
-    )
-
-
-def export_llama(params: Any, config: TransformerConfig) -> StateDict:
-    """The `LlamaForCausalLM` state dict (float32 numpy; every key a strict `load_state_dict`
-    requires, a tied head repeated under `lm_head.weight`) of our params (plain or logically
-    boxed, numpy or fully addressable jax arrays; unrolled or scanned as `config.scan_layers`
-    says)."""
-    _check_llama_layout(config)
-    return export_params(
-        params,
-        _weight_rules(config, with_head_alias=True),
-        _model_param_shapes(config),
-        scanned_stacks=_scanned_stacks(config),
-    )
-
-
-def save_hf_checkpoint(
-    params: Any, config: TransformerConfig, directory: str | os.PathLike
-) -> None:
-    """Writes `config.json` and `model.safetensors` that
-    `LlamaForCausalLM.from_pretrained(directory)` loads (torch is not needed to write).
-
-    Like transformers' own `save_pretrained`, a tied LM head is not written separately.
-    """
-    tied = [_LM_HEAD] if config.tie_embeddings else []
-    state = export_llama(params, config)
-    write_hf_checkpoint(state, hf_config_dict(config), directory, tied_keys=tied)
+config_from_hf = LLAMA.config_from_hf
+hf_config_dict = LLAMA.hf_config_dict
+hf_config_from = LLAMA.hf_config_from
+import_llama = LLAMA.import_weights
+export_llama = LLAMA.export_weights
+save_hf_checkpoint = LLAMA.save_hf_checkpoint

@@ -1,52 +1,42 @@
-"""Hugging Face T5 (v1.0, v1.1, mT5) <-> our `EncoderDecoderTransformer`: weights and configs.
+"""Hugging Face T5 (v1.0, v1.1, mT5) <-> our `EncoderDecoderTransformer`: the `T5` family table.
 
 Both T5 versions are configurations of our shared layers: relative position buckets, RMSNorm
 pre-norm, no biases, unscaled attention logits, one token embedding shared by encoder and decoder.
 v1.1 (and mT5) add a gated-GELU MLP (`activation="geglu"`; HF's "gated-gelu" is the tanh GELU,
 as is `jax.nn.gelu`) and an untied LM head (`tie_embeddings=False`); v1.0 has a ReLU MLP and
 computes logits against the embedding scaled by d_model**-0.5 (`tie_embeddings=True`, HF's
-`scale_decoder_outputs`).
+`scale_decoder_outputs`). HF holds the shared embedding under three names; import reads it once
+and export repeats it under each.
 
     config = config_from_hf("path/to/hf_checkpoint", scan_layers=True)
     params = import_t5("path/to/hf_checkpoint", config)
     state_dict = export_t5(params, config)  # T5ForConditionalGeneration.load_state_dict(...)
     save_hf_checkpoint(params, config, "out_dir")  # T5ForConditionalGeneration.from_pretrained
 
-Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed.
+transformers >= 5 always ties `lm_head` to `shared` in a freshly built model; for an untied
+(v1.1) config, untie it before loading `export_t5`'s state dict, or use `save_hf_checkpoint` and
+`from_pretrained`, which unties a checkpoint whose LM head differs.
+
+Weights are float32 numpy arrays on both sides; cast to `config.param_dtype` as needed. The
+conversion itself is `t5x_like.interop.family.Family`'s.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
 from t5x_like.interop.common import (
-    Source,
     StateDict,
     WeightRule,
-    check_param_shapes,
-    check_state_dict,
     copy_rule,
     heads_in_rule,
     heads_out_rule,
-    int_inputs,
     linear_rule,
-    load_state_dict,
-    param_shapes,
-    params_to_state_dict,
-    read_hf_config,
-    rules_to_params,
-    stack_layers,
-    unstack_layers,
-    write_hf_checkpoint,
 )
+from t5x_like.interop.family import ENCODER_DECODER, LM_HEAD, Family, lm_head_rules
 from t5x_like.layers.config import TransformerConfig
-from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
 
 # HF feed_forward_proj -> our activation: the MLPs that match exactly. HF's plain "gelu" is the
 # erf GELU while ours is the tanh approximation, so it is deliberately absent.
@@ -56,7 +46,6 @@ _MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with a bigger vo
 _REQUIRED_CONFIG_KEYS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
 
 _SHARED = "shared.weight"
-_LM_HEAD = "lm_head.weight"
 # HF holds the one shared embedding under three names; checkpoints carry any subset of them.
 _EMBEDDING_ALIASES = (_SHARED, "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 # Old checkpoints carry a relative-bias table in the first cross-attention that T5 never uses
@@ -73,23 +62,11 @@ def _scales_decoder_outputs(hf: dict[str, Any]) -> bool:
     return bool(hf.get("tie_word_embeddings", True))
 
 
-def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
-    """Our config for an HF T5 config (a `transformers.T5Config`, its dict, a `config.json` path
-    or a checkpoint directory). `overrides` set other fields, e.g. `scan_layers=True`.
-
-    Raises ValueError for settings our model cannot reproduce exactly.
-    """
-    hf = read_hf_config(hf_config)
-    model_type = hf.get("model_type", "t5")
-    if model_type not in _MODEL_TYPES:
-        raise ValueError(f"model_type {model_type!r} is not a T5 config; expected {_MODEL_TYPES}.")
+def _config_values(hf: dict[str, Any]) -> dict[str, Any]:
     if not hf.get("is_encoder_decoder", True):
         raise ValueError(
             "Only encoder-decoder T5 configs are supported (is_encoder_decoder=False)."
         )
-    missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in hf]
-    if missing:
-        raise ValueError(f"HF T5 config lacks required keys {missing}.")
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in _ACTIVATIONS:
         raise ValueError(
@@ -99,7 +76,7 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
         )
     num_layers = hf["num_layers"]
     num_decoder_layers = hf.get("num_decoder_layers") or num_layers
-    values = dict(
+    return dict(
         vocab_size=hf["vocab_size"],
         d_model=hf["d_model"],
         num_layers=num_layers,
@@ -120,37 +97,16 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> TransformerConfig:
         use_bias=False,
         dropout_rate=hf.get("dropout_rate", 0.1),
     )
-    values.update(overrides)
-    return TransformerConfig(**values)
 
 
-def _check_t5_layout(config: TransformerConfig) -> None:
-    """Raises ValueError unless `config` is an architecture HF's T5 can express."""
-    problems = []
-    expected = {
-        "position": "relative",
-        "norm": "rmsnorm",
-        "norm_position": "pre",
-        "use_bias": False,
-        "scale_attention_logits": False,
-    }
-    for field, want in expected.items():
-        if getattr(config, field) != want:
-            problems.append(f"{field}={getattr(config, field)!r} (T5: {want!r})")
-    if config.activation not in _FEED_FORWARD_PROJ:
-        problems.append(f"activation={config.activation!r} (T5: one of {list(_FEED_FORWARD_PROJ)})")
+def _layout_problems(config: TransformerConfig) -> list[str]:
     if config.kv_heads != config.num_heads:
-        problems.append(f"num_kv_heads={config.num_kv_heads} (T5 has full multi-head attention)")
-    if problems:
-        raise ValueError("TransformerConfig is not a T5 layout: " + "; ".join(problems) + ".")
+        return [f"num_kv_heads={config.num_kv_heads} (T5 has full multi-head attention)"]
+    return []
 
 
-def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
-    """The HF `config.json` contents of a T5-layout `config` (no transformers import needed)."""
-    _check_t5_layout(config)
+def _hf_values(config: TransformerConfig) -> dict[str, Any]:
     return {
-        "architectures": ["T5ForConditionalGeneration"],
-        "model_type": "t5",
         "is_encoder_decoder": True,
         "vocab_size": config.vocab_size,
         "d_model": config.d_model,
@@ -173,23 +129,12 @@ def hf_config_dict(config: TransformerConfig) -> dict[str, Any]:
     }
 
 
-def hf_config_from(config: TransformerConfig) -> Any:
-    """A `transformers.T5Config` for a T5-layout `config` (needs the `[hf]` extra)."""
-    from transformers import T5Config
-
-    return T5Config(**hf_config_dict(config))
-
-
-def _weight_rules(config: TransformerConfig, with_aliases: bool = False) -> list[WeightRule]:
-    """Every HF tensor of the model, in T5ForConditionalGeneration.state_dict() order.
-
-    `with_aliases` adds the names under which HF repeats the shared embedding (what a strict
-    `load_state_dict` requires); import reads the embedding once, under `shared.weight`.
-    """
+def _weight_rules(config: TransformerConfig, with_aliases: bool) -> list[WeightRule]:
+    """Every HF tensor of the model, in T5ForConditionalGeneration.state_dict() order."""
     e, v = config.d_model, config.vocab_size
     embedding = ("token_embed", "embedding")
     rules = [copy_rule(_SHARED, embedding, (v, e))]
-    for stack, num_layers in (("encoder", config.num_layers), ("decoder", config.decoder_layers)):
+    for stack, num_layers in ENCODER_DECODER.layer_stacks(config).items():
         if with_aliases:
             rules.append(copy_rule(f"{stack}.embed_tokens.weight", embedding, (v, e)))
         for i in range(num_layers):
@@ -197,11 +142,7 @@ def _weight_rules(config: TransformerConfig, with_aliases: bool = False) -> list
         rules.append(
             copy_rule(f"{stack}.final_layer_norm.weight", (stack, "final_norm", "scale"), (e,))
         )
-    if not config.tie_embeddings:
-        rules.append(linear_rule(_LM_HEAD, ("logits", "kernel"), e, v))
-    elif with_aliases:
-        rules.append(copy_rule(_LM_HEAD, embedding, (v, e)))
-    return rules
+    return rules + list(lm_head_rules(config, embedding, with_aliases))
 
 
 def _layer_rules(config: TransformerConfig, stack: str, i: int) -> list[WeightRule]:
@@ -242,11 +183,6 @@ def _layer_rules(config: TransformerConfig, stack: str, i: int) -> list[WeightRu
     return rules
 
 
-@functools.lru_cache(maxsize=16)
-def _model_param_shapes(config: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    return param_shapes(EncoderDecoderTransformer(config), *int_inputs((1, 1), (1, 1)))
-
-
 def _canonical_embeddings(state: StateDict, config: TransformerConfig) -> StateDict:
     """`state` with the shared embedding under `shared.weight` only, and the LM head present
     exactly when `config` has its own."""
@@ -263,72 +199,46 @@ def _canonical_embeddings(state: StateDict, config: TransformerConfig) -> StateD
             del state[key]
         state[_SHARED] = table
     if config.tie_embeddings:
-        head = state.pop(_LM_HEAD, None)
+        head = state.pop(LM_HEAD, None)
         if head is not None and _SHARED in state and not np.array_equal(head, state[_SHARED]):
             raise ValueError(
-                f"{_LM_HEAD!r} differs from the shared embedding, but config.tie_embeddings=True "
+                f"{LM_HEAD!r} differs from the shared embedding, but config.tie_embeddings=True "
                 "computes logits from the embedding (T5 v1.0). An untied head is T5 v1.1's layout "
                 "(tie_embeddings=False, no d_model**-0.5 logit scaling)."
             )
-    elif _LM_HEAD not in state and _SHARED in state:
+    elif LM_HEAD not in state and _SHARED in state:
         # transformers >= 5 ties lm_head to `shared` unless a checkpoint holds a distinct one,
         # and saves a tied pair once.
-        state[_LM_HEAD] = state[_SHARED]
+        state[LM_HEAD] = state[_SHARED]
     return state
 
 
-def import_t5(source: Source, config: TransformerConfig) -> dict[str, Any]:
-    """Our parameter tree (nested dict of float32 numpy arrays) from an HF T5 checkpoint.
+T5 = Family(
+    label="T5",
+    model_types=_MODEL_TYPES,
+    architecture="T5ForConditionalGeneration",
+    hf_config_class="T5Config",
+    required_keys=_REQUIRED_CONFIG_KEYS,
+    config_values=_config_values,
+    hf_values=_hf_values,
+    layout={
+        "position": "relative",
+        "norm": "rmsnorm",
+        "norm_position": "pre",
+        "use_bias": False,
+        "scale_attention_logits": False,
+    },
+    activations=_FEED_FORWARD_PROJ,
+    layout_problems=_layout_problems,
+    weight_rules=_weight_rules,
+    ignored_keys=lambda config: _IGNORED_KEYS,
+    prepare_state=_canonical_embeddings,
+    target=ENCODER_DECODER,
+)
 
-    `source` is a torch or numpy state dict of `T5ForConditionalGeneration`, a `.safetensors`
-    file, or an HF checkpoint directory (read without torch). Layers are stacked on a leading
-    axis when `config.scan_layers`. Raises ValueError naming each missing, unexpected or
-    mis-shaped tensor (with its expected shape), or a shared embedding / LM head that our
-    model cannot represent.
-    """
-    _check_t5_layout(config)
-    state = _canonical_embeddings(load_state_dict(source), config)
-    rules = _weight_rules(config)
-    check_state_dict(state, rules, ignored=_IGNORED_KEYS)
-    params = rules_to_params(state, rules)
-    if config.scan_layers:
-        params["encoder"] = stack_layers(params["encoder"], config.num_layers)
-        params["decoder"] = stack_layers(params["decoder"], config.decoder_layers)
-    # Guards against our model's parameter names drifting away from these rules.
-    check_param_shapes(
-        params, _model_param_shapes(config), "Imported params do not match the model's"
-    )
-    return params
-
-
-def export_t5(params: Any, config: TransformerConfig) -> StateDict:
-    """The `T5ForConditionalGeneration` state dict (float32 numpy, all keys that a strict
-    `load_state_dict` requires, the shared embedding repeated under its HF aliases) of our
-    params (plain or logically boxed, numpy or fully addressable jax arrays; unrolled or scanned
-    as `config.scan_layers` says).
-
-    transformers >= 5 always ties `lm_head` to `shared` in a freshly built model; for an untied
-    (v1.1) config, untie it before `load_state_dict`, or use `save_hf_checkpoint` and
-    `from_pretrained`, which unties a checkpoint whose LM head differs.
-    """
-    _check_t5_layout(config)
-    params = jax.device_get(nn.meta.unbox(params))
-    check_param_shapes(params, _model_param_shapes(config), "params do not match the config")
-    params = dict(params)
-    if config.scan_layers:
-        params["encoder"] = unstack_layers(params["encoder"], config.num_layers)
-        params["decoder"] = unstack_layers(params["decoder"], config.decoder_layers)
-    return params_to_state_dict(params, _weight_rules(config, with_aliases=True))
-
-
-def save_hf_checkpoint(
-    params: Any, config: TransformerConfig, directory: str | os.PathLike
-) -> None:
-    """Writes `config.json` and `model.safetensors` that
-    `T5ForConditionalGeneration.from_pretrained(directory)` loads (torch is not needed to write).
-
-    Like transformers' own `save_pretrained`, each tied tensor is written once.
-    """
-    tied = list(_EMBEDDING_ALIASES[1:]) + ([_LM_HEAD] if config.tie_embeddings else [])
-    state = export_t5(params, config)
-    write_hf_checkpoint(state, hf_config_dict(config), directory, tied_keys=tied)
+config_from_hf = T5.config_from_hf
+hf_config_dict = T5.hf_config_dict
+hf_config_from = T5.hf_config_from
+import_t5 = T5.import_weights
+export_t5 = T5.export_weights
+save_hf_checkpoint = T5.save_hf_checkpoint
