@@ -2,8 +2,8 @@
 
 The same module serves self-attention (decoder-only and T5 encoder/decoder) and cross-attention
 (T5 decoder over encoder outputs): projections, RoPE, masks and biases (T5's relative position
-bias) around `dot_product_attention`, the math of `jax.nn.dot_product_attention`'s XLA path as
-plain einsums.
+bias) around the attention core, `xla_cpu.dot_product_attention` (the math of
+`jax.nn.dot_product_attention`'s XLA path in a form XLA:CPU runs faster; see layers/xla_cpu.py).
 """
 
 import flax.linen as nn
@@ -12,91 +12,13 @@ import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
+from t5x_like.layers import xla_cpu
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import apply_rope
 from t5x_like.layers.linear import dense
 
 # checkpoint_name tags of the Q/K/V projection outputs, for the "save_qkv_proj" remat policy.
 QKV_PROJ_NAMES = ("query_proj", "key_proj", "value_proj")
-
-
-def dot_product_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    mask: jax.Array,
-    bias: jax.Array | None = None,
-    scale: float | None = None,
-    causal: bool = False,
-) -> jax.Array:
-    """softmax(scale * q k^T + bias, where mask) v: q [B, T, H, D], k and v [B, S, KH, D] (H a
-    multiple of KH), mask [B|1, 1, T, S], bias [B|1, H, T, S]; scale None: 1/sqrt(D).
-
-    The math of `jax.nn.dot_product_attention`'s XLA implementation (float32 logits and
-    softmax, the same fill value for masked logits) written for XLA:CPU, which runs it ~1.4x
-    faster with `causal` (forward + backward with RoPE, configs/benchmark.py:cpu shapes: 79 ->
-    56 ms per layer):
-    - heads-major operands [B, H, T, D], so the batched dots need no layout changes inside;
-    - the scale applied to q (T x D values) rather than to the T x S logits (in the compute
-      dtype, as MaxText does: exact for power-of-two head dims);
-    - 4-D logits when there are as many KV heads as query heads (jax.nn always vmaps a 5-D
-      grouped form); grouped KV heads keep the grouped form;
-    - `causal` (the mask is also lower-triangular, T == S): the first half of the queries
-      attends only to the first half of the keys, skipping the masked quarter of the work.
-    """
-    t, d, s = q.shape[1], q.shape[3], k.shape[1]
-    scale = d**-0.5 if scale is None else scale
-    q = jnp.swapaxes(q, 1, 2)
-    if scale != 1.0:
-        q = q * jnp.asarray(scale, q.dtype)
-    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-    if causal and t == s and t % 2 == 0 and t >= _MIN_CAUSAL_SPLIT:
-        half = t // 2
-        halves = [
-            _attend(
-                q[:, :, :half],
-                k[:, :, :half],
-                v[:, :, :half],
-                mask[..., :half, :half],
-                None if bias is None else bias[..., :half, :half],
-            ),
-            _attend(
-                q[:, :, half:],
-                k,
-                v,
-                mask[..., half:, :],
-                None if bias is None else bias[..., half:, :],
-            ),
-        ]
-        out = jnp.concatenate(halves, axis=2)
-    else:
-        out = _attend(q, k, v, mask, bias)
-    return jnp.swapaxes(out, 1, 2)
-
-
-# Below this length the two causal halves cost more in extra ops than the skipped quarter saves.
-_MIN_CAUSAL_SPLIT = 128
-
-
-def _attend(q, k, v, mask, bias):
-    """The attention of heads-major, pre-scaled q [B, H, T, D] over k, v [B, KH, S, D]."""
-    b, heads, t, d = q.shape
-    kv_heads, s = k.shape[1], k.shape[2]
-    f32 = jnp.float32
-    if kv_heads == heads:
-        logits = jnp.einsum("bntd,bnsd->bnts", q, k, preferred_element_type=f32)
-    else:
-        q = q.reshape(b, kv_heads, heads // kv_heads, t, d)
-        logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=f32)
-        logits = logits.reshape(b, heads, t, s)
-    if bias is not None:
-        logits = logits + bias.astype(f32)
-    logits = jnp.where(mask, logits, jnp.asarray(-0.7 * jnp.finfo(f32).max, f32))
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    if kv_heads == heads:
-        return jnp.einsum("bnts,bnsd->bntd", probs, v)
-    probs = probs.reshape(b, kv_heads, heads // kv_heads, t, s)
-    return jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(b, heads, t, d)
 
 
 def make_attention_mask(
@@ -282,7 +204,9 @@ class Attention(nn.Module):
                 implementation="cudnn",
             )
         else:
-            out = dot_product_attention(q, k, v, mask, bias=bias, scale=scale, causal=causal)
+            out = xla_cpu.dot_product_attention(
+                q, k, v, mask, bias=bias, scale=scale, causal=causal
+            )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         y = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

@@ -28,7 +28,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 #   everything_saveable               remat boundary only (saves all; for experiments);
 #   save_qkv_proj                     keep only the query/key/value projections (checkpoint_name
 #                                     tags in attention.py), recompute the rest.
-# The attention core: "einsum" is attention.dot_product_attention (XLA, any device, the
+# The attention core: "einsum" is xla_cpu.dot_product_attention (XLA, any device, the
 # decoding path); "cudnn" is jax.nn.dot_product_attention's cuDNN fused (flash) kernel for
 # training and prefill on NVIDIA GPUs, in bfloat16/float16.
 ATTENTION_IMPLS = ("einsum", "cudnn")

@@ -14,6 +14,10 @@ as autodiff of the plain loss. Only "loss_sum" carries a gradient; the other sum
 (stop_gradient), as in the train step.
 
 The values equal losses.loss_sums on the logits up to float summation order.
+
+The chunking is a memory technique as much as a speed one, so it lives here with the losses;
+its XLA:CPU-specific part, the weight gradient's h^T as a real copy, is
+`layers.xla_cpu.weight_grad_lhs` (switch `weight_grad_copy`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_like.layers import xla_cpu
 from t5x_like.models import LMHead
 from t5x_like.training import losses
 
@@ -38,7 +43,7 @@ def _chunk_metrics(logits, targets, weights, z_loss, label_smoothing):
     total, cross_entropy, z_term = losses.token_cross_entropy(
         logits, targets, z_loss, label_smoothing
     )
-    correct = (losses.first_argmax(logits) == targets).astype(jnp.float32)
+    correct = (xla_cpu.first_argmax(logits) == targets).astype(jnp.float32)
     sums = {
         "loss_sum": jnp.sum(total * weights),
         "cross_entropy_sum": jnp.sum(cross_entropy * weights),
@@ -84,7 +89,7 @@ def _scan_chunks(hidden, weight, targets, weights, vocab_major, z_loss, ls, n, w
     def one_chunk(x, t, wt):
         """A chunk's metric sums and totals [B, C]; with_grads: its dx [B, C, d] and dW^T."""
         shape = t.shape
-        # The chunk's B x C positions as the rows of 2-D matmuls (see layers/linear.py).
+        # The chunk's B x C positions as the rows of 2-D matmuls (see xla_cpu.matmul_2d).
         x, t, wt = x.reshape(-1, x.shape[-1]), t.reshape(-1), wt.reshape(-1)
         logits = _logits(x, w, vocab_major).astype(jnp.float32)
         sums, total = _chunk_metrics(logits, t, wt, z_loss, ls)
@@ -93,10 +98,9 @@ def _scan_chunks(hidden, weight, targets, weights, vocab_major, z_loss, ls, n, w
         dlogits = _dlogits(logits, t, wt, z_loss, ls).astype(x.dtype)
         dx = jnp.einsum("nv,vd->nd" if vocab_major else "nv,dv->nd", dlogits, w)
         # The weight gradient is [embed, vocab] whatever the weight's layout: h^T @ dlogits
-        # transposes the small h, not the chunk's dlogits. The barrier makes that transpose a
-        # real copy: folded into the dot (contracting both operands' major axis), XLA:CPU
-        # runs it on its generic matmul, 25% slower at [512, 512] x [512, 32000].
-        x_t = jax.lax.optimization_barrier(x.T)
+        # transposes the small h, not the chunk's dlogits (a real copy on XLA:CPU, see
+        # xla_cpu.weight_grad_lhs).
+        x_t = xla_cpu.weight_grad_lhs(x)
         dw_t = jnp.matmul(x_t, dlogits, preferred_element_type=jnp.float32)
         return sums, total.reshape(shape), dx.reshape(shape + dx.shape[-1:]), dw_t
 

@@ -7,11 +7,8 @@ devices or processes are exact (the mean is taken once, at the end).
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-# Float32 holds every integer up to 2**24 exactly: vocabularies up to that size can use float
-# indices in `first_argmax`.
-_FLOAT_INDEX_LIMIT = 2**24
+from t5x_like.layers import xla_cpu
 
 
 def token_cross_entropy(
@@ -40,23 +37,6 @@ def token_cross_entropy(
     return cross_entropy + z_term, cross_entropy, z_term
 
 
-def first_argmax(x: jax.Array) -> jax.Array:
-    """jnp.argmax over the last axis (the first index of the maximum) of a float array.
-
-    Computed as min(where(x == max(x), index, V)) with float32 indices: XLA:CPU runs a max and a
-    float min reduction several times faster than argmax's variadic (value, index) reduction,
-    and the max is the one logsumexp computes anyway. A row holding a NaN gives V (no index)
-    where jnp.argmax gives the NaN's index.
-    """
-    vocab = x.shape[-1]
-    if vocab >= _FLOAT_INDEX_LIMIT:
-        return jnp.argmax(x, axis=-1)
-    top = jnp.max(x, axis=-1, keepdims=True)
-    index = lax.broadcasted_iota(jnp.float32, x.shape, x.ndim - 1)
-    first = jnp.min(jnp.where(x == top, index, float(vocab)), axis=-1)
-    return first.astype(jnp.int32)
-
-
 def loss_sums(
     logits: jax.Array,
     targets: jax.Array,
@@ -67,7 +47,7 @@ def loss_sums(
     """Weighted sums of loss, cross-entropy, z-loss and correct predictions, and the weight sum."""
     total, cross_entropy, z_term = token_cross_entropy(logits, targets, z_loss, label_smoothing)
     weights = weights.astype(jnp.float32)
-    correct = (first_argmax(logits) == targets).astype(jnp.float32)
+    correct = (xla_cpu.first_argmax(logits) == targets).astype(jnp.float32)
     return {
         "loss_sum": jnp.sum(total * weights),
         "cross_entropy_sum": jnp.sum(cross_entropy * weights),

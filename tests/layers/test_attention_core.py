@@ -1,11 +1,11 @@
-"""attention.dot_product_attention computes what jax.nn.dot_product_attention computes."""
+"""xla_cpu.dot_product_attention computes what jax.nn.dot_product_attention computes."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_like.layers import attention
+from t5x_like.layers import attention, xla_cpu
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def test_matches_jax_dot_product_attention_values_and_gradients(kv_heads, with_b
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * cotangent)
 
-    ours = lambda q, k, v: attention.dot_product_attention(q, k, v, mask, bias, scale)  # noqa: E731
+    ours = lambda q, k, v: xla_cpu.dot_product_attention(q, k, v, mask, bias, scale)  # noqa: E731
     ref = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
         q, k, v, bias=bias, mask=mask, scale=scale
     )
@@ -48,7 +48,7 @@ def _packed_causal_mask(b: int, t: int) -> jax.Array:
 
 @pytest.mark.parametrize("kv_heads,with_bias", [(4, False), (2, True)])
 def test_causal_halves_equal_the_full_causal_attention(kv_heads, with_bias):
-    b, t, heads, d = 2, attention._MIN_CAUSAL_SPLIT, 4, 8
+    b, t, heads, d = 2, xla_cpu.MIN_CAUSAL_SPLIT, 4, 8
     keys = jax.random.split(jax.random.PRNGKey(1), 5)
     q = jax.random.normal(keys[0], (b, t, heads, d))
     k = jax.random.normal(keys[1], (b, t, kv_heads, d))
@@ -58,7 +58,7 @@ def test_causal_halves_equal_the_full_causal_attention(kv_heads, with_bias):
     cotangent = jax.random.normal(keys[4], (b, t, heads, d))
 
     def run(causal):
-        fn = lambda q, k, v: attention.dot_product_attention(  # noqa: E731
+        fn = lambda q, k, v: xla_cpu.dot_product_attention(  # noqa: E731
             q, k, v, mask, bias, causal=causal
         )
         grads = jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
@@ -78,7 +78,7 @@ def test_causal_attention_skips_the_masked_quarter_of_the_flops():
     mask = _packed_causal_mask(b, t)
 
     def flops(causal):
-        fn = jax.jit(lambda q: attention.dot_product_attention(q, q, q, mask, causal=causal))
+        fn = jax.jit(lambda q: xla_cpu.dot_product_attention(q, q, q, mask, causal=causal))
         return fn.lower(q).compile().cost_analysis()["flops"]
 
     full = 2 * 2 * b * heads * t * t * d  # Logits and output, every query x key.
