@@ -15,10 +15,11 @@ params and optimizer state (mixed precision). The big sizes shard with FSDP over
 layer in the backward pass. Every field stays overridable: `--config.train.batch_size=16`.
 """
 
-import importlib.util
 import os
 
 from ml_collections import config_dict
+
+from t5x_like import config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,17 +31,6 @@ DECODER_SIZES = {
     "8b": (4096, 32, 32, 8, 14336, 128256, 4096, 256),
 }
 T5_SIZES = {"t5_base": "base", "t5_large": "large"}
-NAMES = tuple(DECODER_SIZES) + tuple(T5_SIZES)
-
-
-def _load(name: str, arg: str | None = None) -> config_dict.ConfigDict:
-    """configs/<name>.py's get_config(arg), loaded by path so config files stay plain files."""
-    spec = importlib.util.spec_from_file_location(
-        f"t5x_like_configs_{name}", os.path.join(_HERE, f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def _benchmark_defaults(c: config_dict.ConfigDict) -> None:
@@ -56,7 +46,7 @@ def _benchmark_defaults(c: config_dict.ConfigDict) -> None:
 
 def _decoder_only(name: str) -> config_dict.ConfigDict:
     d_model, layers, heads, kv_heads, mlp, vocab, seq_len, batch = DECODER_SIZES[name]
-    c = _load("decoder_only")
+    c = config.load_file(os.path.join(_HERE, "decoder_only.py"))
     c.model.update(
         d_model=d_model,
         num_layers=layers,
@@ -82,22 +72,21 @@ def _decoder_only(name: str) -> config_dict.ConfigDict:
     return c
 
 
-def _t5(name: str) -> config_dict.ConfigDict:
-    c = _load("t5", T5_SIZES[name])
+def _t5(size: str) -> config_dict.ConfigDict:
+    c = config.load_file(os.path.join(_HERE, "t5.py"), size)
     c.model.update(vocab_size=32128, dtype="bfloat16", scan_layers=True)
     # T5 pretraining rows: 512 input tokens -> 114 targets at 15% noise, 3-token spans.
     c.data.update(inputs_len=512, targets_len=114)
     c.train.batch_size = 128
-    if name == "t5_large":
+    if size == "large":
         c.model.remat = "full"
         c.mesh.update(data=1, fsdp=-1)
     return c
 
 
 def get_config(name: str = "cpu") -> config_dict.ConfigDict:
-    if name not in NAMES:
-        raise ValueError(f"Unknown benchmark size {name!r}; choose one of {NAMES}.")
-    c = _decoder_only(name) if name in DECODER_SIZES else _t5(name)
+    config.preset({**DECODER_SIZES, **T5_SIZES}, name, "benchmark size")
+    c = _t5(T5_SIZES[name]) if name in T5_SIZES else _decoder_only(name)
     c.name = f"benchmark_{name}"
     _benchmark_defaults(c)
     return c

@@ -2,15 +2,18 @@ r"""The config a training run saved (`<workdir>/config.json`), as an overridable
 
     --config=configs/saved_run.py:/path/to/workdir   (experiments/eval.py's default)
 
-JSON lists become tuples (as in configs/*.py) and nulls become placeholders that accept any
-value, so every field can still be overridden as `--config.<section>.<field>=value`; a field
-saved as null takes a Python literal (`--config.train.init_step=3`), else the text as a string.
+JSON lists become tuples (as in configs/*.py); nulls become placeholders of the field's schema
+type (t5x_like/config.py; any type for a field the schema does not know), so every field can
+still be overridden as `--config.<section>.<field>=value`. Fields an older config.json lacks
+take the schema's defaults.
 """
 
 import json
 import os
 
 from ml_collections import config_dict
+
+from t5x_like import config
 
 
 def _tuples(value):
@@ -20,13 +23,27 @@ def _tuples(value):
     return value
 
 
-def _field(value):
-    """A config field; a null keeps its place as a placeholder of any type (overridable)."""
+def _field(value, path: str):
+    """The config field at dotted `path`; a null keeps its place as a typed placeholder."""
     if isinstance(value, dict):
-        return config_dict.ConfigDict({k: _field(v) for k, v in value.items()})
+        return config_dict.ConfigDict(
+            {k: _field(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+        )
     if value is None:
-        return config_dict.placeholder(object)
+        known = config.FIELDS.get(path)
+        return config_dict.placeholder(known.type if known else object)
     return _tuples(value)
+
+
+def _fill_defaults(cfg: config_dict.ConfigDict) -> None:
+    """Adds the schema fields (and sections) `cfg` lacks, at their defaults."""
+    for path, field in config.FIELDS.items():
+        section, _, name = path.rpartition(".")
+        if section and section not in cfg:
+            cfg[section] = config_dict.ConfigDict()
+        holder = cfg[section] if section else cfg
+        if name not in holder:
+            holder[name] = _field(field.default, path)
 
 
 def get_config(workdir: str) -> config_dict.ConfigDict:
@@ -37,4 +54,6 @@ def get_config(workdir: str) -> config_dict.ConfigDict:
             "(experiments/train.py writes config.json and checkpoints/ there)."
         )
     with open(path, encoding="utf-8") as f:
-        return _field(json.load(f))
+        cfg = _field(json.load(f), "")
+    _fill_defaults(cfg)
+    return cfg

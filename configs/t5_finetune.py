@@ -11,10 +11,11 @@ batches and reports accuracy, exact match and BLEU of the decoded text (in the l
 metrics.jsonl and `<workdir>/decodes/step_<N>.jsonl`).
 """
 
-import importlib.util
 import os
 
 from ml_collections import config_dict
+
+from t5x_like import config
 
 # (inputs feature, targets feature, prefix, inputs_len, targets_len) of t5x_like_docstrings.
 TASKS = {
@@ -23,22 +24,11 @@ TASKS = {
 }
 
 
-def _pretraining_config(size: str) -> config_dict.ConfigDict:
-    """configs/t5.py's config, loaded by path so both files stay plain config files."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "t5.py")
-    spec = importlib.util.spec_from_file_location("t5x_like_configs_t5", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(size)
-
-
 def get_config(arg: str = "summarize") -> config_dict.ConfigDict:
     task, _, size = arg.partition(",")
-    if task not in TASKS:
-        raise ValueError(f"Unknown fine-tuning task {task!r}; choose one of {sorted(TASKS)}.")
-    c = _pretraining_config(size or "tiny")
+    inputs_key, targets_key, prefix, inputs_len, targets_len = config.preset(TASKS, task, "task")
+    c = config.load_file(os.path.join(os.path.dirname(__file__), "t5.py"), size or "tiny")
     c.name = f"t5_{size or 'tiny'}_finetune_{task}"
-    inputs_key, targets_key, prefix, inputs_len, targets_len = TASKS[task]
     c.model.dropout_rate = 0.1  # T5's fine-tuning dropout.
     c.data.update(
         task="seq2seq",

@@ -5,6 +5,8 @@ r"""Benchmarks a config on synthetic data: compile time, step time, tokens/s, MF
       --decode_batch_sizes=1,32 --prompt_len=64 --max_new_tokens=64
   python experiments/benchmark.py --config=configs/benchmark.py:8b --mode=dryrun \
       --dryrun_devices=256 --device_memory_gib=16    # does an 8B model fit 256 v5e chips?
+  python experiments/benchmark.py --mode=formulations --steps=4  # each XLA:CPU formulation's
+      # worth: the train step with all on, each off in turn, all off (layers/xla_cpu.py)
 
 Prints a table and writes JSON to --out (default <workdir or ./benchmark>/<name>_<mode>.json).
 `--mode=dryrun --dryrun_devices=N` compiles for N fake CPU devices (re-running itself in a fresh
@@ -24,7 +26,7 @@ from absl import app, flags, logging
 from t5x_like import decoding, distributed, host_memory
 from t5x_like.cli import ConfigFlag, main_with_clear_errors
 from t5x_like.log_setup import setup_logging
-from t5x_like.tools.benchmarking import decode, report, runs
+from t5x_like.tools.benchmarking import decode, formulations, report, runs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "benchmark.py")
 
@@ -36,7 +38,9 @@ _CONFIG = ConfigFlag(
     "Config file (configs/benchmark.py:NAME or any experiment config with model.vocab_size "
     "set); override any field with --config.<section>.<field>=value.",
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "decode", "dryrun"], "What to measure.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "decode", "dryrun", "formulations"], "What to measure."
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed train steps before the timed ones.")
 _PROFILE_STEPS = flags.DEFINE_integer(
@@ -126,6 +130,8 @@ def main(argv: list[str]) -> None:
         result, rows = decode.benchmark_decode(
             cfg, batch_sizes, _PROMPT_LEN.value, decode_config, _REPEATS.value
         )
+    elif mode == "formulations":
+        result, rows = formulations.benchmark_formulations(cfg, _STEPS.value, _WARMUP.value)
     else:
         result, rows = runs.benchmark_dryrun(cfg, _MEMORY_GIB.value)
     result["jax_version"] = jax.__version__

@@ -24,7 +24,7 @@ from absl import app, flags
 
 from t5x_like import distributed, host_memory
 from t5x_like.cli import main_with_clear_errors
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import evaluator
 from t5x_like.log_setup import setup_logging
 from t5x_like.workdir_flags import WorkdirConfig

@@ -33,10 +33,12 @@ import os
 import re
 import shlex
 import sys
+from typing import Any
 
 from absl import app, flags, logging
 
-from t5x_like.config import ConfigError
+from t5x_like import cli
+from t5x_like.errors import ConfigError
 from t5x_like.log_setup import setup_logging
 from t5x_like.tools import sweep
 
@@ -94,9 +96,19 @@ _passthrough_overrides: list[str] = []
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing, with train.py-style `--config.<field>=value` kept as base overrides."""
+    """absl parsing, with train.py-style `--config.<field>=value` kept as base overrides;
+    --help_config and --print_config (the base config, overrides applied) print and exit."""
     _passthrough_overrides.extend(a.lstrip("-") for a in argv[1:] if _PASSTHROUGH.match(a))
-    return app.parse_flags_with_usage([a for a in argv if not _PASSTHROUGH.match(a)])
+    rest = [a for a in argv if not _PASSTHROUGH.match(a)]
+    cli.config_actions(argv, lambda: _base_config(rest), argv[0])
+    return app.parse_flags_with_usage(rest)
+
+
+def _base_config(argv: list[str]) -> Any:
+    """The config every run starts from: --config with the base overrides."""
+    flags.FLAGS(argv, known_only=True)
+    overrides = [sweep.parse_override(o) for o in [*_OVERRIDE.value, *_passthrough_overrides]]
+    return sweep.load_config(_CONFIG.value, overrides)[0]
 
 
 def _collect(root: str) -> list[dict]:
@@ -142,9 +154,20 @@ def main(argv: list[str]) -> None:
         return
     outcome = sweep.launch_local(runs, timeout_s=_RUN_TIMEOUT.value)
     _collect(root)
-    failed = [name for name, result in outcome.items() if result == "failed"]
-    if failed:
-        sys.exit(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
+    unfinished = {
+        result: [name for name, r in outcome.items() if r == result]
+        for result in ("failed", "stopped")
+    }
+    if any(unfinished.values()):
+        sys.exit(
+            "Not every run finished: "
+            + "; ".join(
+                f"{len(names)} of {len(runs)} runs {result}: {', '.join(names)}"
+                for result, names in unfinished.items()
+                if names
+            )
+            + ". Relaunch the same command to resume them."
+        )
 
 
 if __name__ == "__main__":

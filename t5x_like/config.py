@@ -1,405 +1,680 @@
-"""Experiment config checks: every inconsistency becomes a clear error before any compilation.
+"""The experiment config schema: every field's type, default, allowed values, check and doc.
 
-Configs are ml_collections ConfigDicts (files in configs/). `validate_config` checks one against
-the devices of this run and raises `ConfigError` naming the field and what to change.
+`SCHEMA` declares each field once. `base_config()` builds the ConfigDict the files in configs/
+start from (every field at its default); `check_fields` runs the single-field checks the schema
+declares (types, allowed values, ranges); `field_help` lists the fields for `--help_config`.
+Checks across sections and against the run's devices are in t5x_like/experiment/validation.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ml_collections import config_dict
 
+# ConfigError stays importable from here too (it was defined here before t5x_like.errors).
+from t5x_like.errors import ConfigError
 from t5x_like.layers import config as layer_config
 
-FAMILIES = ("decoder_only", "encoder_decoder")
+MESH_AXES = ("data", "fsdp", "tensor")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 NAN_POLICIES = ("stop", "skip")  # What a non-finite loss or gradient norm does to a run.
 SCHEDULES = ("cosine", "rsqrt", "constant")
-MESH_AXES = ("data", "fsdp", "tensor")
+SECTIONS = ("model", "data", "train", "optimizer", "mesh", "partitioning")
+
+# How a type is named in errors and --help_config.
+_KINDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message says which field and how to fix it."""
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config field. `check(value)` is False for a value that cannot work; `error` is then
+    the message, formatted with `field` (its dotted path) and `value`. A field whose default is
+    None is optional: None skips its checks."""
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    choices: tuple[Any, ...] = ()
+    check: Callable[[Any], bool] | None = None
+    error: str = ""
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{field}={value!r} is not supported; choose one of {choices}.")
+def _number(value: Any) -> bool:
+    """A finite int or float (inf and NaN pass a type check but no range check)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# The type of each field validate_config reads. ml_collections refuses an override of another
-# type, but not a field first written with the wrong type in a config file, nor one saved as null
-# in config.json (configs/saved_run.py accepts any type there). None is left to the range checks
-# below, since several fields are optional.
-_INT, _NUMBER, _BOOL, _STR = "an integer", "a number", "True or False", "a string"
-_FIELD_TYPES = {
-    "": {_INT: "seed", _STR: "name"},
-    "model": {
-        _INT: "vocab_size d_model num_layers num_decoder_layers num_heads num_kv_heads head_dim "
-        "mlp_dim max_len relative_attention_num_buckets relative_attention_max_distance",
-        _NUMBER: "norm_eps rope_theta dropout_rate",
-        _BOOL: "tie_embeddings scale_tied_logits use_bias scan_layers scale_attention_logits",
-        _STR: "family activation norm norm_position position dtype param_dtype remat "
-        "attention_impl",
-    },
-    "data": {
-        _INT: "seq_len inputs_len targets_len vocab_size extra_ids num_shards",
-        _NUMBER: "noise_density mean_noise_span_length",
-        _BOOL: "pack",
-        _STR: "task dataset data_dir train_split eval_split text_key inputs_key targets_key "
-        "inputs_prefix vocab_path vocab_dataset",
-    },
-    "train": {
-        _INT: "steps batch_size log_every eval_every eval_batches checkpoint_every max_to_keep "
-        "decode_batches init_step microbatches loss_chunk_size",
-        _NUMBER: "z_loss label_smoothing",
-        _BOOL: "eval_at_start async_checkpoint allow_config_change",
-        _STR: "init_from compilation_cache_dir nan_policy",
-    },
-    "optimizer": {
-        _INT: "warmup_steps",
-        _NUMBER: "learning_rate end_lr_fraction weight_decay b1 b2 eps grad_clip_norm",
-        _STR: "name schedule",
-    },
-    "mesh": {_INT: "data fsdp tensor num_slices"},
-    "partitioning": {_STR: "preset"},
+def _at_least_zero(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _above_zero(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _decay_rate(value: Any) -> bool:
+    return _number(value) and 0.0 <= value < 1.0
+
+
+def _integer_at_least_zero(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and 0.0 <= value < 1.0
+
+
+def _mesh_size(value: Any) -> bool:
+    return isinstance(value, int) and (value > 0 or value == -1)
+
+
+_POSITIVE = dict(check=_positive, error="{field}={value!r} must be a positive integer.")
+_MESH = dict(
+    check=_mesh_size,
+    error="{field}={value!r} must be a positive integer or -1 (all remaining devices).",
+)
+_PRESET_DOC = (
+    "dp | fsdp | tp | fsdp_tp | custom: which parameters and activations are sharded over which "
+    "mesh axes (t5x_like/partitioning.py PRESETS). fsdp_tp: batch over (data, fsdp), embed over "
+    "fsdp, heads/kv_heads/mlp/vocab over tensor; custom: partitioning.rules."
+)
+
+# Defaults: the decoder-only LLaMA-style model of configs/decoder_only.py; fields that model
+# does not read default to what the code took for a missing field before they were declared.
+SCHEMA: dict[str, tuple[Field, ...]] = {
+    "": (
+        Field("name", str, "decoder_only_small", "The experiment's name (logs, config.json)."),
+        Field("seed", int, 0, "Seeds parameter init, dropout and the data order."),
+    ),
+    "model": (
+        Field(
+            "family",
+            str,
+            "decoder_only",
+            "Model family (t5x_like.models): decoder_only or encoder_decoder; must match "
+            "data.task.",
+        ),
+        Field(
+            "vocab_size",
+            int,
+            None,
+            "Embedding rows (>= the vocabulary's); None: the vocabulary's size rounded up to a "
+            "multiple of 128.",
+            **_POSITIVE,
+        ),
+        Field("d_model", int, 256, "Width of the residual stream.", **_POSITIVE),
+        Field("num_layers", int, 4, "Layers (encoder layers for encoder-decoder).", **_POSITIVE),
+        Field(
+            "num_decoder_layers",
+            int,
+            None,
+            "Encoder-decoder: decoder layers; None: as many as the encoder.",
+        ),
+        Field("num_heads", int, 4, "Query heads.", **_POSITIVE),
+        Field(
+            "num_kv_heads",
+            int,
+            None,
+            "Key/value heads (GQA/MQA); None: num_heads (MHA). Must divide num_heads.",
+            **_POSITIVE,
+        ),
+        Field(
+            "head_dim",
+            int,
+            None,
+            "Per-head width; None: d_model // num_heads. Even with RoPE.",
+            **_POSITIVE,
+        ),
+        Field("mlp_dim", int, 768, "Hidden width of the MLP.", **_POSITIVE),
+        Field(
+            "activation",
+            str,
+            "swiglu",
+            "MLP activation; the gated ones (swiglu, geglu, reglu) have two input matrices.",
+            choices=layer_config.ACTIVATIONS,
+        ),
+        Field("norm", str, "rmsnorm", "Normalisation layer.", choices=layer_config.NORMS),
+        Field("norm_eps", float, 1e-6, "Epsilon of the norms."),
+        Field(
+            "norm_position",
+            str,
+            "pre",
+            "pre: normalise each sublayer's input; post: the original Transformer.",
+            choices=layer_config.NORM_POSITIONS,
+        ),
+        Field(
+            "position",
+            str,
+            "rope",
+            "Position encoding (relative: T5's learned bias buckets).",
+            choices=layer_config.POSITIONS,
+        ),
+        Field(
+            "relative_attention_num_buckets",
+            int,
+            32,
+            "position=relative: T5 relative position buckets (>= 4; half exact, half logarithmic).",
+        ),
+        Field(
+            "relative_attention_max_distance",
+            int,
+            128,
+            "position=relative: distance beyond which relative positions share a bucket.",
+        ),
+        Field(
+            "scale_attention_logits",
+            bool,
+            True,
+            "Scale attention logits by head_dim**-0.5 (T5 folds it into the query init instead).",
+        ),
+        Field(
+            "max_len",
+            int,
+            2048,
+            "Rows of the learned position table (position=learned only); >= the sequence length.",
+        ),
+        Field("rope_theta", float, 10_000.0, "RoPE base frequency."),
+        Field(
+            "tie_embeddings",
+            bool,
+            True,
+            "Share the input embedding with the output (LM head) projection.",
+        ),
+        Field(
+            "scale_tied_logits",
+            bool,
+            True,
+            "Tied head: logits * d_model**-0.5 (GPT-2: False).",
+        ),
+        Field("use_bias", bool, False, "Biases in the dense layers."),
+        Field(
+            "dropout_rate",
+            float,
+            0.0,
+            "Dropout in training, in [0, 1) (0 disables it; T5 fine-tunes with 0.1).",
+            check=_fraction,
+            error="{field}={value} must be in [0, 1): the fraction of activations dropped in "
+            "training (0 disables dropout; T5 fine-tunes with 0.1).",
+        ),
+        Field(
+            "dtype",
+            str,
+            "float32",
+            "Compute dtype (mixed precision: bfloat16 computes activations and matmuls in bf16 "
+            "while params, gradients and optimizer state stay in param_dtype; the loss is "
+            "always float32).",
+            choices=layer_config.DTYPES,
+        ),
+        Field(
+            "param_dtype",
+            str,
+            "float32",
+            "Dtype of params, gradients and optimizer state (keep float32).",
+            choices=layer_config.DTYPES,
+        ),
+        Field(
+            "scan_layers",
+            bool,
+            False,
+            "One nn.scan over stacked layer params (a 'layers' axis): compile time independent "
+            "of depth.",
+        ),
+        Field(
+            "remat",
+            str,
+            "none",
+            "Recompute activations in the backward pass (layers/config.py REMAT_POLICIES).",
+            choices=layer_config.REMAT_POLICIES,
+        ),
+        Field(
+            "attention_impl",
+            str,
+            "einsum",
+            "Attention core: einsum (XLA; any device) or cudnn (jax.nn.dot_product_attention's "
+            "fused kernel: NVIDIA GPUs, model.dtype bfloat16/float16, no relative positions).",
+            choices=layer_config.ATTENTION_IMPLS,
+        ),
+    ),
+    "data": (
+        Field(
+            "task",
+            str,
+            "causal_lm",
+            "causal_lm (decoder-only rows) or span_corruption, prefix_lm, seq2seq "
+            "(encoder-decoder rows).",
+        ),
+        Field(
+            "dataset",
+            str,
+            "t5x_like_corpus",
+            "A TFDS dataset prepared as array_record under data_dir (t5x_like_corpus and "
+            "t5x_like_docstrings are built on the spot; nothing is downloaded).",
+        ),
+        Field(
+            "data_dir", str, None, "TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets."
+        ),
+        Field("train_split", str, "train", "Split to train on (and to train the vocabulary on)."),
+        Field("eval_split", str, "validation", "Split to evaluate on."),
+        Field(
+            "text_key",
+            str,
+            "text",
+            "The records' text feature (causal_lm, span_corruption, prefix_lm).",
+        ),
+        Field("inputs_key", str, "inputs", "seq2seq: the records' input text feature."),
+        Field("targets_key", str, "targets", "seq2seq: the records' target text feature."),
+        Field("inputs_prefix", str, "", "Text put before every seq2seq input, e.g. 'summarize: '."),
+        Field("seq_len", int, 128, "Tokens per decoder-only row (causal_lm)."),
+        Field(
+            "inputs_len",
+            int,
+            None,
+            "Encoder tokens per row (span corruption sizes the raw chunk so its corrupted "
+            "inputs fill it).",
+        ),
+        Field(
+            "targets_len",
+            int,
+            None,
+            "Decoder tokens per row; must hold span corruption's targets (T5: 512 -> 114).",
+        ),
+        Field(
+            "noise_density",
+            float,
+            0.15,
+            "Span corruption: fraction of tokens masked, in (0, 1).",
+        ),
+        Field(
+            "mean_noise_span_length",
+            float,
+            3.0,
+            "Span corruption: mean length of a masked span (>= 1).",
+        ),
+        Field("pack", bool, True, "Pack several examples into one row (segment ids apart)."),
+        Field(
+            "vocab_path",
+            str,
+            None,
+            "A SentencePiece .model (pad 0, eos 1, unk 2, no bos); None: train one on the train "
+            "split, cached under data_dir.",
+        ),
+        Field(
+            "vocab_dataset",
+            str,
+            None,
+            "Dataset whose train split trains the vocabulary; None: data.dataset (fine-tuning "
+            "sets the pretraining corpus).",
+        ),
+        Field("vocab_size", int, 2048, "SentencePiece pieces when training a vocabulary."),
+        Field(
+            "extra_ids",
+            int,
+            0,
+            "T5 sentinel ids appended to the vocabulary; span corruption needs one per noise span.",
+            check=_integer_at_least_zero,
+            error="{field}={value!r} must be an integer >= 0.",
+        ),
+        Field(
+            "num_shards",
+            int,
+            None,
+            "Logical data shards of the training batch (train.batch_size must be a multiple): "
+            "batches depend on (seed, step, num_shards) only, so any process count dividing it "
+            "trains on the same data and resumes from the same checkpoint. None: the largest "
+            "of 8, 4, 2, 1 dividing the batch size; 1: the single-pipeline order of older "
+            "versions.",
+            check=_positive,
+            error="{field}={value!r} must be a positive integer or None (auto).",
+        ),
+    ),
+    "train": (
+        Field("steps", int, 400, "Optimizer steps (also the schedule's length).", **_POSITIVE),
+        Field(
+            "batch_size",
+            int,
+            16,
+            "Global batch (rows), across all processes; a multiple of mesh.data * mesh.fsdp.",
+            **_POSITIVE,
+        ),
+        Field(
+            "microbatches",
+            int,
+            1,
+            "Gradient accumulation: micro-batches per step, one update on their summed "
+            "gradients (same result as the whole batch).",
+            check=_positive,
+            error="{field}={value!r} must be a positive integer (1: no accumulation).",
+        ),
+        Field(
+            "log_every",
+            int,
+            25,
+            "Steps between train-metric logs (metrics.jsonl, TensorBoard).",
+            **_POSITIVE,
+        ),
+        Field(
+            "eval_every",
+            int,
+            100,
+            "Steps between evaluations; 0 disables them.",
+            check=_at_least_zero,
+            error="{field} must be >= 0 (0 disables eval).",
+        ),
+        Field(
+            "eval_batches",
+            int,
+            16,
+            "Batches per evaluation; 0: the whole split.",
+            check=_at_least_zero,
+            error="{field} must be >= 0.",
+        ),
+        Field("eval_at_start", bool, True, "Also evaluate the freshly initialised model (step 0)."),
+        Field(
+            "decode_batches",
+            int,
+            0,
+            "Encoder-decoder only: batches greedily decoded per eval for text metrics.",
+            check=_integer_at_least_zero,
+            error="{field}={value!r} must be an integer >= 0 (0 disables decoding).",
+        ),
+        Field(
+            "checkpoint_every",
+            int,
+            100,
+            "Steps between checkpoints (and one at the end).",
+            **_POSITIVE,
+        ),
+        Field("max_to_keep", int, 3, "Checkpoints kept.", **_POSITIVE),
+        Field("async_checkpoint", bool, True, "Save checkpoints in the background."),
+        Field(
+            "nan_policy",
+            str,
+            "stop",
+            "A non-finite loss or grad norm: stop the run (the bad state is never saved) or "
+            "skip that update (optax.apply_if_finite; changes the optimizer-state layout).",
+            choices=NAN_POLICIES,
+        ),
+        Field(
+            "allow_config_change",
+            bool,
+            False,
+            "Resume even if model-shaping fields differ from the workdir's config.json.",
+            check=lambda v: isinstance(v, bool),
+            error="{field}={value!r} must be True or False.",
+        ),
+        Field(
+            "z_loss",
+            float,
+            1e-4,
+            "Weight of the log-partition (z) loss.",
+            check=_at_least_zero,
+            error="{field} must be >= 0.",
+        ),
+        Field(
+            "label_smoothing",
+            float,
+            0.0,
+            "Label smoothing, in [0, 1).",
+            check=_fraction,
+            error="{field}={value} must be in [0, 1): the probability mass spread over the "
+            "other tokens (0 disables it; 0.1 is common).",
+        ),
+        Field(
+            "loss_chunk_size",
+            int,
+            0,
+            "> 0: the LM head and the loss run fused, this many positions of every row at a "
+            "time, so the [batch, length, vocab] logits never exist at once (same loss and "
+            "gradients to 1e-6; faster on CPU, far less memory for large vocabularies). 0: all "
+            "logits, then the loss.",
+            check=lambda v: (v or 0) >= 0,
+            error="{field}={value} must be >= 0: positions of each row per chunk of the fused "
+            "LM head + loss (0 computes all logits at once).",
+        ),
+        Field(
+            "init_from",
+            str,
+            None,
+            "Fine-tuning: a workdir (or its checkpoints/) whose params (not its optimizer "
+            "state) start the run.",
+        ),
+        Field("init_step", int, None, "Step of init_from to load; None: its latest."),
+        Field(
+            "compilation_cache_dir",
+            str,
+            "~/.cache/t5x_like/xla",
+            "Persistent XLA compilation cache; '' disables it.",
+        ),
+    ),
+    "optimizer": (
+        Field("name", str, "adamw", "The optimizer.", choices=OPTIMIZERS),
+        Field(
+            "learning_rate",
+            float,
+            3e-3,
+            "Peak learning rate.",
+            check=_above_zero,
+            error="{field}={value} must be > 0 (and finite).",
+        ),
+        Field(
+            "schedule",
+            str,
+            "cosine",
+            "After linear warmup from 0: cosine decay to end_lr_fraction, rsqrt decay, or "
+            "constant.",
+            choices=SCHEDULES,
+        ),
+        Field(
+            "warmup_steps",
+            int,
+            40,
+            "Linear warmup steps; < train.steps with cosine.",
+            check=_at_least_zero,
+            error="{field} must be >= 0.",
+        ),
+        Field(
+            "end_lr_fraction",
+            float,
+            0.1,
+            "Cosine: final learning rate over the peak.",
+            check=lambda v: _number(v) and 0.0 <= v <= 1.0,
+            error="{field}={value} must be in [0, 1] (the final learning rate over the peak).",
+        ),
+        Field(
+            "weight_decay",
+            float,
+            0.1,
+            "Decoupled weight decay (not on norms and biases).",
+            check=_at_least_zero,
+            error="{field}={value} must be a finite number >= 0 (0 disables it).",
+        ),
+        Field(
+            "b1",
+            float,
+            0.9,
+            "Adam first-moment decay rate.",
+            check=_decay_rate,
+            error="{field}={value} must be in [0, 1) (Adam's moment decay rate; 0.9 is usual).",
+        ),
+        Field(
+            "b2",
+            float,
+            0.95,
+            "Adam second-moment decay rate.",
+            check=_decay_rate,
+            error="{field}={value} must be in [0, 1) (Adam's moment decay rate; 0.95-0.999).",
+        ),
+        Field(
+            "eps",
+            float,
+            1e-8,
+            "Adam epsilon.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0 (1e-8 is usual).",
+        ),
+        Field(
+            "grad_clip_norm",
+            float,
+            1.0,
+            "Clip gradients to this global norm; 0 disables clipping.",
+            check=_at_least_zero,
+            error="{field}={value} must be a finite number >= 0 (0 disables).",
+        ),
+    ),
+    "mesh": (
+        Field(
+            "data",
+            int,
+            -1,
+            "Data-parallel axis size; -1: all remaining devices (one axis at most).",
+            **_MESH,
+        ),
+        Field("fsdp", int, 1, "Fully-sharded data-parallel axis size (params on embed).", **_MESH),
+        Field("tensor", int, 1, "Tensor-parallel axis size (heads, MLP, vocab).", **_MESH),
+        Field(
+            "num_slices",
+            int,
+            1,
+            "Multi-slice runs: the data axis spans this many slices over the slow data-center "
+            "network; fsdp and tensor stay inside a slice. mesh.data must be a multiple.",
+        ),
+    ),
+    "partitioning": (
+        Field("preset", str, "fsdp_tp", _PRESET_DOC),
+        Field(
+            "rules",
+            tuple,
+            None,
+            "preset=custom: (logical axis, mesh axes) pairs, e.g. "
+            "(('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ...); earlier rules win.",
+        ),
+    ),
 }
-_IS_TYPE = {
-    _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    _NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    _BOOL: lambda v: isinstance(v, bool),
-    _STR: lambda v: isinstance(v, str),
-}
 
 
-def check_field_types(cfg: Any) -> None:
-    """ConfigError for the first known field whose value has the wrong type (None passes)."""
-    for section_name, kinds in _FIELD_TYPES.items():
-        section = cfg[section_name] if section_name else cfg
-        if not hasattr(section, "get"):
-            continue
-        for kind, names in kinds.items():
-            for name in names.split():
-                value = section.get(name)
-                field = f"{section_name}.{name}".lstrip(".")
-                _require(
-                    value is None or _IS_TYPE[kind](value),
-                    f"{field}={value!r} is a {type(value).__name__}, but it must be {kind}: fix "
-                    f"the config file, or override it with --config.{field}=<{kind}>.",
-                )
+def fields() -> Iterator[tuple[str, Field]]:
+    """(dotted path, field) of every field, in declaration order."""
+    for section, section_fields in SCHEMA.items():
+        for f in section_fields:
+            yield (f"{section}.{f.name}" if section else f.name), f
 
 
-def _check_positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = section[name]
-        _require(
-            isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            f"{prefix}.{name}={value!r} must be a positive integer.",
-        )
+FIELDS: dict[str, Field] = dict(fields())
 
 
-def resolve_mesh_shape(mesh_cfg: Any, device_count: int) -> dict[str, int]:
-    """Mesh axis sizes with a single -1 filled in so that their product is `device_count`."""
-    sizes = {axis: mesh_cfg[axis] for axis in MESH_AXES}
-    for axis, size in sizes.items():
-        _require(
-            isinstance(size, int) and (size > 0 or size == -1),
-            f"mesh.{axis}={size!r} must be a positive integer or -1 (all remaining devices).",
-        )
-    free = [axis for axis, size in sizes.items() if size == -1]
-    _require(
-        len(free) <= 1,
-        f"Only one mesh axis may be -1 (all remaining devices), got {free}: give every other "
-        "mesh.data/fsdp/tensor a positive size.",
-    )
-    fixed = math.prod(size for size in sizes.values() if size != -1)
-    if free:
-        _require(
-            device_count % fixed == 0,
-            f"mesh {sizes} cannot fill {device_count} devices: the fixed axes' product {fixed} "
-            f"does not divide the device count. Change mesh.* so their product divides "
-            f"{device_count}.",
-        )
-        sizes[free[0]] = device_count // fixed
-    product = math.prod(sizes.values())
-    _require(
-        product == device_count,
-        f"mesh data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
-        f"{product} devices, but this run has {device_count}. Set mesh.data/fsdp/tensor so the "
-        f"product is {device_count} (or set one of them to -1).",
-    )
-    return sizes
+def kind(f: Field) -> str:
+    """The field's type as errors name it ("an integer", ...)."""
+    return _KINDS.get(f.type, f"a {f.type.__name__}")
 
 
-def _validate_data(cfg: Any) -> Any:
-    """Checks the data section against the model family; returns its `tasks.Task`."""
-    # Imported here: the task module pulls in the data package's numpy code only.
-    from t5x_like.data import tasks
-
-    data = cfg.data
-    try:
-        task = tasks.Task.from_config(data)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    family = cfg.model.family
-    if family == "encoder_decoder":
-        _require(
-            task.is_encoder_decoder,
-            f"data.task={task.name!r} makes decoder-only rows but model.family="
-            f"'encoder_decoder'; use one of {tasks.ENCODER_DECODER_TASKS}.",
-        )
-    else:
-        _require(
-            not task.is_encoder_decoder,
-            f"data.task={task.name!r} makes encoder-decoder rows but model.family={family!r}; "
-            "use data.task='causal_lm' or model.family='encoder_decoder'.",
-        )
-    extra_ids = data.get("extra_ids", 0)
-    _require(
-        isinstance(extra_ids, int) and extra_ids >= 0,
-        f"data.extra_ids={extra_ids!r} must be an integer >= 0.",
-    )
-    if task.name == "span_corruption":
-        _require(
-            extra_ids >= task.max_noise_spans,
-            f"data.extra_ids={extra_ids} is too few for span corruption: an example can have "
-            f"{task.max_noise_spans} noise spans, each needing its own sentinel. Set "
-            f"data.extra_ids >= {task.max_noise_spans} (T5 uses 100).",
-        )
-    return task
+def _initial(f: Field) -> Any:
+    """The ConfigDict value of a field at its default: None becomes a typed placeholder, which
+    an override still parses as the field's type and which can be set back to None."""
+    return config_dict.placeholder(f.type) if f.default is None else f.default
 
 
-def _check_attention_impl(m: Any) -> None:
-    impl = m.get("attention_impl", "einsum")
-    _check_choice(impl, "model.attention_impl", layer_config.ATTENTION_IMPLS)
-    if impl != "cudnn":
+def base_config() -> config_dict.ConfigDict:
+    """A config holding every field at its default (the configs/*.py files start from it)."""
+    cfg = config_dict.ConfigDict()
+    for section, section_fields in SCHEMA.items():
+        target = cfg
+        if section:
+            cfg[section] = config_dict.ConfigDict()
+            target = cfg[section]
+        for f in section_fields:
+            target[f.name] = _initial(f)
+    return cfg
+
+
+def _has_type(f: Field, value: Any) -> bool:
+    if f.type is tuple:
+        return True  # Rules come as tuples from files, lists from JSON: checked where used.
+    if f.type is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if f.type is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, f.type)
+
+
+def check_field(path: str, value: Any) -> None:
+    """ConfigError when `value` cannot be field `path`'s: its type, allowed values or range."""
+    f = FIELDS[path]
+    if value is None and f.default is None:
         return
-    _require(
-        m.dtype in ("bfloat16", "float16"),
-        f"model.attention_impl='cudnn' needs a 16-bit model.dtype (cuDNN's fused attention "
-        f"kernels take bfloat16/float16), not {m.dtype!r}: set --config.model.dtype=bfloat16 "
-        "or use model.attention_impl='einsum'.",
-    )
-    _require(
-        m.position != "relative",
-        "model.attention_impl='cudnn' is not wired for T5's learned relative position bias "
-        "(model.position='relative'): use model.attention_impl='einsum' for this model.",
-    )
-
-
-def _validate_model(m: Any, seq_len: int, seq_len_field: str) -> None:
-    _check_positive(m, "model", ("d_model", "num_layers", "num_heads", "mlp_dim"))
-    _check_choice(m.activation, "model.activation", layer_config.ACTIVATIONS)
-    _check_choice(m.norm, "model.norm", layer_config.NORMS)
-    _check_choice(m.position, "model.position", layer_config.POSITIONS)
-    _check_choice(m.dtype, "model.dtype", layer_config.DTYPES)
-    _check_choice(m.param_dtype, "model.param_dtype", layer_config.DTYPES)
-    _check_choice(m.remat, "model.remat", layer_config.REMAT_POLICIES)
-    _check_choice(m.get("norm_position", "pre"), "model.norm_position", layer_config.NORM_POSITIONS)
-    _check_attention_impl(m)
-    if m.family == "encoder_decoder" and m.get("num_decoder_layers") is not None:
-        _check_positive(m, "model", ("num_decoder_layers",))
-    if m.position == "relative":
-        _check_positive(
-            m, "model", ("relative_attention_num_buckets", "relative_attention_max_distance")
+    if value is not None and not _has_type(f, value):
+        raise ConfigError(
+            f"{path}={value!r} is a {type(value).__name__}, but it must be {kind(f)}: fix the "
+            f"config file, or override it with --config.{path}=<{kind(f)}>."
         )
-        _require(
-            m.relative_attention_num_buckets >= 4,
-            f"model.relative_attention_num_buckets={m.relative_attention_num_buckets} must be "
-            ">= 4 (half exact, half logarithmic buckets; T5 uses 32).",
-        )
-    if m.head_dim is None:
-        _require(
-            m.d_model % m.num_heads == 0,
-            f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}: "
-            "change one of them or set model.head_dim explicitly.",
-        )
-    else:
-        _check_positive(m, "model", ("head_dim",))
-    if m.num_kv_heads is not None:
-        _check_positive(m, "model", ("num_kv_heads",))
-        _require(
-            m.num_heads % m.num_kv_heads == 0,
-            f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
-            f"{m.num_kv_heads}: each KV head must serve the same number of query heads.",
-        )
-    head_dim = m.head_dim or m.d_model // m.num_heads
-    if m.position == "rope":
-        _require(
-            head_dim % 2 == 0,
-            f"model.position='rope' needs an even head dim (it rotates pairs of dims), but "
-            f"model.head_dim (or model.d_model / model.num_heads) is {head_dim}: make it even "
-            "or choose another model.position.",
-        )
-    if m.position == "learned":
-        _require(
-            seq_len <= m.max_len,
-            f"{seq_len_field}={seq_len} exceeds model.max_len={m.max_len} of the learned "
-            f"position table: raise model.max_len or lower {seq_len_field}.",
-        )
-    _require(
-        0.0 <= m.dropout_rate < 1.0,
-        f"model.dropout_rate={m.dropout_rate} must be in [0, 1): the fraction of activations "
-        "dropped in training (0 disables dropout; T5 fine-tunes with 0.1).",
-    )
-    if m.vocab_size is not None:
-        _check_positive(m, "model", ("vocab_size",))
+    if f.choices and value not in f.choices:
+        raise ConfigError(f"{path}={value!r} is not supported; choose one of {f.choices}.")
+    if f.check is not None and not f.check(value):
+        raise ConfigError(f.error.format(field=path, value=value))
 
 
-def resolve_num_shards(cfg: Any, process_count: int = 1) -> int:
-    """data.num_shards, the logical data shards of the training batch (None, or a config
-    without the field: the largest of 8, 4, 2, 1 dividing train.batch_size), checked against
-    the batch size and the process count (t5x_like/data/sharded_iterator.py)."""
-    from t5x_like.data import sharded_iterator
-
-    batch_size = cfg.train.batch_size
-    num_shards = cfg.data.get("num_shards", None)
-    if num_shards is None:
-        num_shards = sharded_iterator.auto_num_shards(batch_size)
-    _require(
-        isinstance(num_shards, int) and not isinstance(num_shards, bool) and num_shards > 0,
-        f"data.num_shards={num_shards!r} must be a positive integer or None (auto).",
-    )
-    _require(
-        batch_size % num_shards == 0,
-        f"train.batch_size={batch_size} is not divisible by data.num_shards={num_shards}: each "
-        "logical data shard makes train.batch_size / data.num_shards rows per step. Use a batch "
-        "size that is a multiple of data.num_shards, or fewer shards.",
-    )
-    _require(
-        num_shards % process_count == 0,
-        f"data.num_shards={num_shards} is not divisible by the {process_count} processes: each "
-        "process runs data.num_shards / process_count whole shards. Set data.num_shards to a "
-        f"multiple of {process_count} (it fixes the data order: resuming a run needs the value "
-        "it was saved with).",
-    )
-    return num_shards
-
-
-def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict[str, int]:
-    """Checks `cfg` for this run's devices; returns the resolved mesh shape.
+def check_fields(cfg: Any) -> None:
+    """Runs `check_field` on every schema field the config has, in declaration order.
 
     Raises:
-      ConfigError: naming the offending field and the change that fixes it.
+      ConfigError: for a missing section, or the first field whose value cannot work.
     """
-    for section in ("model", "data", "train", "optimizer", "mesh", "partitioning"):
-        _require(section in cfg, f"The config has no '{section}' section.")
-    check_field_types(cfg)
-    data, train, opt = cfg.data, cfg.train, cfg.optimizer
-    _require(
-        data.vocab_path is not None or (isinstance(data.vocab_size, int) and data.vocab_size > 0),
-        "Set data.vocab_path to a SentencePiece model or data.vocab_size > 0 to train one.",
-    )
-    _check_choice(cfg.model.family, "model.family", FAMILIES)
-    task = _validate_data(cfg)
-    if task.is_encoder_decoder:
-        longest = max(task.inputs_len, task.targets_len)
-        field = "inputs_len" if longest == task.inputs_len else "targets_len"
-        _validate_model(cfg.model, longest, f"data.{field}")
-    else:
-        _validate_model(cfg.model, task.seq_len, "data.seq_len")
-    _check_positive(train, "train", ("steps", "batch_size", "log_every", "checkpoint_every"))
-    _check_positive(train, "train", ("max_to_keep",))
-    _require(train.eval_every >= 0, "train.eval_every must be >= 0 (0 disables eval).")
-    _require(train.eval_batches >= 0, "train.eval_batches must be >= 0.")
-    _require(
-        0.0 <= train.label_smoothing < 1.0,
-        f"train.label_smoothing={train.label_smoothing} must be in [0, 1): the probability mass "
-        "spread over the other tokens (0 disables it; 0.1 is common).",
-    )
-    _require(train.z_loss >= 0.0, "train.z_loss must be >= 0.")
-    _require(
-        (train.get("loss_chunk_size") or 0) >= 0,
-        f"train.loss_chunk_size={train.get('loss_chunk_size')} must be >= 0: positions of each "
-        "row per chunk of the fused LM head + loss (0 computes all logits at once).",
-    )
-    _check_choice(train.get("nan_policy", "stop"), "train.nan_policy", NAN_POLICIES)
-    _require(
-        isinstance(train.get("allow_config_change", False), bool),
-        f"train.allow_config_change={train.get('allow_config_change')!r} must be True or False.",
-    )
-    decode_batches = train.get("decode_batches", 0)
-    _require(
-        isinstance(decode_batches, int) and decode_batches >= 0,
-        f"train.decode_batches={decode_batches!r} must be an integer >= 0 (0 disables decoding).",
-    )
-    _require(
-        decode_batches == 0 or cfg.model.family == "encoder_decoder",
-        "train.decode_batches > 0 (decoded-text metrics) needs model.family='encoder_decoder' "
-        "for now; set train.decode_batches=0.",
-    )
+    for section in SECTIONS:
+        if section not in cfg:
+            raise ConfigError(f"The config has no '{section}' section.")
+    for path in FIELDS:
+        section, _, name = path.rpartition(".")
+        holder = cfg[section] if section else cfg
+        if name in holder:
+            check_field(path, holder[name])
 
-    _check_choice(opt.name, "optimizer.name", OPTIMIZERS)
-    _check_choice(opt.schedule, "optimizer.schedule", SCHEDULES)
-    _require(opt.learning_rate > 0, f"optimizer.learning_rate={opt.learning_rate} must be > 0.")
-    _require(opt.warmup_steps >= 0, "optimizer.warmup_steps must be >= 0.")
-    if opt.schedule == "cosine":
-        _require(
-            opt.warmup_steps < train.steps,
-            f"optimizer.warmup_steps={opt.warmup_steps} must be smaller than train.steps="
-            f"{train.steps} for the cosine schedule: lower optimizer.warmup_steps or raise "
-            "train.steps.",
-        )
-    _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm must be >= 0 (0 disables).")
 
-    mesh = resolve_mesh_shape(cfg.mesh, device_count)
-    num_slices = cfg.mesh.get("num_slices", 1)
-    _require(
-        isinstance(num_slices, int) and num_slices >= 1 and mesh["data"] % num_slices == 0,
-        f"mesh.num_slices={num_slices!r} must be a positive integer dividing mesh.data="
-        f"{mesh['data']}: only the data axis spans slices.",
-    )
-    batch_shards = mesh["data"] * mesh["fsdp"]
-    _require(
-        train.batch_size % batch_shards == 0,
-        f"train.batch_size={train.batch_size} is not divisible by the data-parallel size "
-        f"mesh.data x mesh.fsdp = {batch_shards}: use a multiple of {batch_shards}.",
-    )
-    microbatches = train.get("microbatches", 1)
-    _require(
-        isinstance(microbatches, int) and not isinstance(microbatches, bool) and microbatches > 0,
-        f"train.microbatches={microbatches!r} must be a positive integer (1: no accumulation).",
-    )
-    _require(
-        train.batch_size % (microbatches * batch_shards) == 0,
-        f"train.batch_size={train.batch_size} cannot be split into train.microbatches="
-        f"{microbatches} micro-batches that each divide over the data-parallel size "
-        f"mesh.data x mesh.fsdp = {batch_shards}: use a batch size that is a multiple of "
-        f"{microbatches * batch_shards}, or fewer microbatches.",
-    )
-    _require(
-        train.batch_size % process_count == 0,
-        f"train.batch_size={train.batch_size} is not divisible by the {process_count} processes.",
-    )
-    resolve_num_shards(cfg, process_count)
-    heads = cfg.model.num_heads
-    kv_heads = cfg.model.num_kv_heads or heads
-    # Imported here: partitioning imports this module (ConfigError, MESH_AXES).
-    from t5x_like import partitioning
+def field_help() -> str:
+    """Every field, its type, default, allowed values and doc, for --help_config."""
+    lines = []
+    for path, f in FIELDS.items():
+        line = f"{path} ({f.type.__name__}, default {f.default!r})"
+        if f.choices:
+            line += f", one of {', '.join(f.choices)}"
+        lines.append(f"{line}\n    {f.doc}")
+    return "\n".join(lines)
 
-    rules = dict(partitioning.rules_for_config(cfg.partitioning, mesh))
-    for logical, count, field in (
-        ("heads", heads, "num_heads"),
-        ("kv_heads", kv_heads, "num_kv_heads"),
-    ):
-        axes = rules.get(logical)
-        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = math.prod(mesh.get(a, 1) for a in axes)
-        _require(
-            count % size == 0,
-            f"model.{field}={count} is not divisible by the mesh axes {axes} (size {size}) that "
-            f"'{logical}' is sharded over: change mesh.tensor, model.{field}, or the "
-            f"'{logical}' rule in partitioning.rules.",
-        )
-    return mesh
+
+# The headings of configs/README.md's field tables.
+_SECTION_TITLES = {
+    "": "Top level",
+    "model": "`model`: the Transformer",
+    "data": "`data`: dataset, task and vocabulary",
+    "train": "`train`: the loop, evaluation and checkpoints",
+    "optimizer": "`optimizer`",
+    "mesh": "`mesh`: device mesh",
+    "partitioning": "`partitioning`: what is sharded over which mesh axis",
+}
+
+
+def fields_markdown() -> str:
+    """The field tables of configs/README.md, one per section (tests/test_help.py checks that
+    the README holds exactly this text)."""
+    parts = []
+    for section, section_fields in SCHEMA.items():
+        rows = ["| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+        for f in section_fields:
+            doc = f.doc + (f" One of {', '.join(f.choices)}." if f.choices else "")
+            doc = doc.replace("|", "\\|")
+            rows.append(f"| `{f.name}` | {f.type.__name__} | `{f.default!r}` | {doc} |")
+        parts.append(f"### {_SECTION_TITLES[section]}\n\n" + "\n".join(rows))
+    return "\n\n".join(parts) + "\n"
 
 
 def to_json(cfg: config_dict.ConfigDict) -> str:
@@ -415,3 +690,20 @@ def save_config(cfg: config_dict.ConfigDict, workdir: str) -> str:
         f.write(to_json(cfg) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def preset(table: dict[str, Any], key: str, what: str) -> Any:
+    """`table[key]` for a config file's argument; a ConfigError listing the choices if absent."""
+    if key not in table:
+        raise ConfigError(f"unknown {what} {key!r}; choose one of {', '.join(table)}")
+    return table[key]
+
+
+def load_file(path: str, arg: str | None = None) -> config_dict.ConfigDict:
+    """`get_config(arg)` of the config file at `path` (no argument when `arg` is None), loaded
+    by path as --config loads it, so config files can build on each other."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"t5x_like_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)

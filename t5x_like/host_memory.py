@@ -28,7 +28,7 @@ import os
 import pkgutil
 import platform
 
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 
 MODE_ENV = "T5X_LIKE_HOST_MALLOC"
 MODES = ("auto", "reuse", "system")

@@ -27,6 +27,7 @@ from ml_collections import config_dict
 
 from t5x_like import collectives
 from t5x_like import config as config_lib
+from t5x_like.errors import ConfigError
 
 LOCK_FILE = ".lock"
 
@@ -42,7 +43,7 @@ class WorkdirLockedError(RuntimeError):
     """Another live run holds the workdir."""
 
 
-class ConfigChangeError(config_lib.ConfigError):
+class ConfigChangeError(ConfigError):
     """The config differs from the workdir's saved one in fields its checkpoints depend on."""
 
 
@@ -184,7 +185,7 @@ def check_config_change(cfg: config_dict.ConfigDict, workdir: str) -> None:
             lines,
         )
         return
-    if cfg.train.get("allow_config_change", False):
+    if cfg.train.allow_config_change:
         logging.warning(
             "Resuming %s with a changed model/checkpoint config (train.allow_config_change=True): "
             "%s. Restoring fails if the saved state does not fit.",

@@ -27,9 +27,9 @@ from testutil import REPO, tiny_config, tiny_t5_config
 
 from t5x_like import cli
 from t5x_like import config as config_lib
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
-from t5x_like.experiment import evaluator, restore
+from t5x_like.experiment import evaluator, restore, validation
 from t5x_like.training import compilation
 
 DECODER_ONLY = str(REPO / "configs" / "decoder_only.py")
@@ -114,7 +114,7 @@ def _as_written(cfg, path: str, value: Any):
 
 
 def _validate(cfg) -> None:
-    config_lib.validate_config(cfg, device_count=8)
+    validation.validate_config(cfg, device_count=8)
 
 
 def _build(env: Env, **overrides: Any) -> None:
@@ -517,7 +517,7 @@ def test_good_overrides_still_parse():
     """The wrapped flag parsing changes errors only: valid overrides apply as before."""
     cfg = _parse_flags("--config.model.num_layers=3", "--config.optimizer.learning_rate=1e-4")
     assert (cfg.model.num_layers, cfg.optimizer.learning_rate) == (3, 1e-4)
-    config_lib.validate_config(cfg, device_count=8)
+    validation.validate_config(cfg, device_count=8)
 
 
 def test_scripts_report_a_misspelt_override_in_one_line(env):

@@ -5,8 +5,9 @@ import pytest
 from testutil import load_config, tiny_config, tiny_t5_config
 
 from t5x_like import config as config_lib
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import validation
 from t5x_like.training import compilation
 
 BAD_CONFIGS = [
@@ -98,7 +99,7 @@ def test_decode_metrics_need_the_encoder_decoder_family():
 def test_t5_presets_are_valid(name, arg, family):
     cfg = load_config(name, arg)
     assert cfg.model.family == family
-    config_lib.validate_config(cfg, device_count=8)
+    validation.validate_config(cfg, device_count=8)
 
 
 def test_t5_presets_have_published_dimensions():
@@ -108,18 +109,18 @@ def test_t5_presets_have_published_dimensions():
     )
     v1_0 = load_config("t5", "small,v1_0").model
     assert (v1_0.activation, v1_0.tie_embeddings) == ("relu", True)
-    with pytest.raises(ValueError, match="Unknown T5 size 'huge'"):
+    with pytest.raises(ConfigError, match="unknown size 'huge'; choose one of tiny, small, base"):
         load_config("t5", "huge")
 
 
 def test_default_config_is_valid_on_8_devices():
-    mesh = config_lib.validate_config(load_config(), device_count=8)
+    mesh = validation.validate_config(load_config(), device_count=8)
     assert mesh == {"data": 8, "fsdp": 1, "tensor": 1}
 
 
 def test_mesh_minus_one_fills_remaining_devices():
     cfg = tiny_config(**{"mesh.data": 2, "mesh.fsdp": -1, "mesh.tensor": 2})
-    assert config_lib.resolve_mesh_shape(cfg.mesh, jax.device_count()) == {
+    assert validation.resolve_mesh_shape(cfg.mesh, jax.device_count()) == {
         "data": 2,
         "fsdp": 2,
         "tensor": 2,

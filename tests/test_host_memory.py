@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from t5x_like import host_memory
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 
 # A jitted program whose intermediate [8192, 4096] f32 (128 MiB, 32768 pages) cannot be fused
 # away: XLA:CPU allocates it at every execution. Prints the minor page faults per execution.

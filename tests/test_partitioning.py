@@ -6,9 +6,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_t5_config
 
-from t5x_like import config, partitioning
-from t5x_like.config import ConfigError
+from t5x_like import partitioning
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
+from t5x_like.experiment import validation
 
 
 def _run(cfg, devices, batches):
@@ -165,4 +166,4 @@ def test_multi_slice_mesh_errors_name_the_fix():
         partitioning.make_mesh({"data": 8, "fsdp": 1, "tensor": 1}, num_slices=2)
     cfg = tiny_config(**{"mesh.data": 8, "mesh.num_slices": 3})
     with pytest.raises(ConfigError, match=r"mesh.num_slices=3 must be a positive integer dividing"):
-        config.validate_config(cfg, 8)
+        validation.validate_config(cfg, 8)

@@ -7,7 +7,7 @@ import pytest
 from testutil import synthetic_batch, tiny_config
 
 from t5x_like import partitioning
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
 
 # preset -> (mesh, expected specs of: embedding, query, out, wi_0, wo, norm scale; batch).

@@ -12,7 +12,7 @@ import sys
 import pytest
 from testutil import REPO
 
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.tools import sweep
 from t5x_like.training.metrics_writer import read_metrics
 

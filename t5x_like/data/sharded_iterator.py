@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from t5x_like.config import ConfigError
+from t5x_like import config as config_lib
 from t5x_like.data import pipeline
+from t5x_like.errors import ConfigError
 
 STATE_FORMAT = "t5x_like.sharded_iterator.v1"
 # Shard counts `num_shards=None` chooses among, largest first.
@@ -34,6 +35,35 @@ def auto_num_shards(batch_size: int) -> int:
     """The largest of AUTO_NUM_SHARDS dividing `batch_size`: a function of the batch alone, so
     the data order never depends on the host layout."""
     return next(k for k in AUTO_NUM_SHARDS if batch_size % k == 0)
+
+
+def resolve_num_shards(cfg: Any, process_count: int = 1) -> int:
+    """data.num_shards, the logical data shards of the training batch (None: the largest of
+    AUTO_NUM_SHARDS dividing train.batch_size), checked against the batch size and the
+    process count.
+
+    Raises:
+      ConfigError: naming data.num_shards and the change that fixes it.
+    """
+    batch_size = cfg.train.batch_size
+    num_shards = cfg.data.num_shards
+    if num_shards is None:
+        num_shards = auto_num_shards(batch_size)
+    config_lib.check_field("data.num_shards", num_shards)
+    if batch_size % num_shards:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by data.num_shards={num_shards}: "
+            "each logical data shard makes train.batch_size / data.num_shards rows per step. "
+            "Use a batch size that is a multiple of data.num_shards, or fewer shards."
+        )
+    if num_shards % process_count:
+        raise ConfigError(
+            f"data.num_shards={num_shards} is not divisible by the {process_count} processes: "
+            "each process runs data.num_shards / process_count whole shards. Set "
+            f"data.num_shards to a multiple of {process_count} (it fixes the data order: "
+            "resuming a run needs the value it was saved with)."
+        )
+    return num_shards
 
 
 def shard_seed(seed: int, shard: int, num_shards: int) -> int:

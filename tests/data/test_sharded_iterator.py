@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from conftest import TEST_VOCAB_SIZE
 from jax.sharding import NamedSharding, PartitionSpec
-from testutil import tiny_config
+from testutil import load_config, tiny_config
 
 from t5x_like import config as config_lib
-from t5x_like.config import ConfigError
 from t5x_like.data import corpus, pipeline, sharded_iterator, sources, vocab
+from t5x_like.errors import ConfigError
+from t5x_like.experiment import validation
 
 SEQ_LEN = 32
 BATCH = 8  # Global rows per step.
@@ -214,7 +215,7 @@ def test_process_rows_follow_the_batch_sharding():
 def test_num_shards_resolution(batch_size, num_shards, processes, expected):
     """None picks the largest of 8, 4, 2, 1 dividing the batch, whatever the process count."""
     cfg = tiny_config(**{"train.batch_size": batch_size, "data.num_shards": num_shards})
-    assert config_lib.resolve_num_shards(cfg, processes) == expected
+    assert sharded_iterator.resolve_num_shards(cfg, processes) == expected
 
 
 @pytest.mark.parametrize(
@@ -228,11 +229,14 @@ def test_num_shards_resolution(batch_size, num_shards, processes, expected):
 def test_num_shards_validation_names_the_fields(overrides, processes, message):
     cfg = tiny_config(**overrides)
     with pytest.raises(ConfigError, match=message):
-        config_lib.validate_config(cfg, 8, processes)
+        validation.validate_config(cfg, 8, processes)
 
 
-def test_configs_without_num_shards_pick_automatically():
-    cfg = tiny_config()
-    with cfg.unlocked():
-        del cfg.data["num_shards"]
-    assert config_lib.resolve_num_shards(cfg, 1) == 8
+def test_configs_without_num_shards_pick_automatically(tmp_path):
+    """A config.json saved before data.num_shards existed reloads with it unset (auto)."""
+    saved = json.loads(config_lib.to_json(tiny_config()))
+    del saved["data"]["num_shards"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = load_config("saved_run", str(tmp_path))
+    assert cfg.data.num_shards is None
+    assert sharded_iterator.resolve_num_shards(cfg, 1) == 8

@@ -74,7 +74,12 @@ def run_one(run: Run, timeout_s: float | None = None) -> dict[str, Any]:
 
 
 def launch_local(runs: Sequence[Run], timeout_s: float | None = None) -> dict[str, str]:
-    """Runs the unfinished runs one after another; returns {name: skipped|ok|failed}."""
+    """Runs the unfinished runs one after another; returns {name: skipped|ok|failed|stopped}.
+
+    "ok" means the run exited 0 *and* reached its last step with a checkpoint there; a run that
+    exited 0 short of it (stopped by a signal after saving, as train.py does on SIGTERM) is
+    "stopped": its relaunch resumes, but the sweep has not finished it.
+    """
     outcome = {}
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -93,12 +98,22 @@ def launch_local(runs: Sequence[Run], timeout_s: float | None = None) -> dict[st
                 "[%d/%d] launching %s: %s", i + 1, len(runs), run.name, shlex.join(run.command)
             )
             launch = run_one(run, timeout_s)
-            ok = launch["returncode"] == 0
-            outcome[run.name] = "ok" if ok else "failed"
             log = os.path.join(run.workdir, "train.log")
-            if ok:
+            if launch["returncode"] == 0 and finished_step(run) is not None:
+                outcome[run.name] = "ok"
                 logging.info("%s finished in %.1fs.", run.name, launch["wall_s"])
+            elif launch["returncode"] == 0:
+                outcome[run.name] = "stopped"
+                logging.error(
+                    "%s stopped before its last step (%d) after %.1fs, its checkpoint saved; "
+                    "relaunch the sweep to resume it. See %s",
+                    run.name,
+                    run.steps,
+                    launch["wall_s"],
+                    log,
+                )
             else:
+                outcome[run.name] = "failed"
                 logging.error(
                     "%s failed (exit %s) after %.1fs; see %s",
                     run.name,

@@ -35,10 +35,12 @@ from absl import flags, logging
 from ml_collections import config_dict
 
 from t5x_like import cli
-from t5x_like.config import ConfigError, validate_config
+from t5x_like.config import MESH_AXES
+from t5x_like.errors import ConfigError
+from t5x_like.experiment.validation import validate_config
 from t5x_like.tools.sweep.files import jsonable, load_json, write_json
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
 SWEEP_JSON = "sweep.json"
 MAX_NAME_LEN = 80
@@ -247,7 +249,7 @@ def load_config(config_file: str, overrides: Sequence[tuple[str, str]]) -> tuple
 def _smallest_device_count(cfg: Any) -> int:
     """Devices of the smallest mesh `cfg.mesh` fits (a -1 axis taken as 1)."""
     try:
-        return math.prod(max(int(cfg.mesh[a]), 1) for a in ("data", "fsdp", "tensor"))
+        return math.prod(max(int(cfg.mesh[a]), 1) for a in MESH_AXES)
     except (KeyError, TypeError, ValueError, AttributeError):
         return 1
 

@@ -1,0 +1,212 @@
+"""Checks across config sections and against the run's devices, run once per experiment build.
+
+Single-field checks (types, allowed values, ranges) are declared with the fields in
+t5x_like/config.py; `validate_config` runs them first, then the checks here that relate fields
+to each other, to the model family, the data task, the device mesh and the processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from t5x_like import config as config_lib
+from t5x_like import models, partitioning
+from t5x_like.config import MESH_AXES
+from t5x_like.data import sharded_iterator, tasks
+from t5x_like.errors import ConfigError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_positive(section: Any, prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = section[name]
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{prefix}.{name}={value!r} must be a positive integer.",
+        )
+
+
+def resolve_mesh_shape(mesh_cfg: Any, device_count: int) -> dict[str, int]:
+    """Mesh axis sizes with a single -1 filled in so that their product is `device_count`."""
+    sizes = {axis: mesh_cfg[axis] for axis in MESH_AXES}
+    for axis, size in sizes.items():
+        config_lib.check_field(f"mesh.{axis}", size)
+    free = [axis for axis, size in sizes.items() if size == -1]
+    _require(
+        len(free) <= 1,
+        f"Only one mesh axis may be -1 (all remaining devices), got {free}: give every other "
+        "mesh.data/fsdp/tensor a positive size.",
+    )
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        _require(
+            device_count % fixed == 0,
+            f"mesh {sizes} cannot fill {device_count} devices: the fixed axes' product {fixed} "
+            f"does not divide the device count. Change mesh.* so their product divides "
+            f"{device_count}.",
+        )
+        sizes[free[0]] = device_count // fixed
+    product = math.prod(sizes.values())
+    _require(
+        product == device_count,
+        f"mesh data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = "
+        f"{product} devices, but this run has {device_count}. Set mesh.data/fsdp/tensor so the "
+        f"product is {device_count} (or set one of them to -1).",
+    )
+    return sizes
+
+
+def _validate_task(data: Any) -> tasks.Task:
+    """The data section's `tasks.Task`, span corruption's sentinels checked."""
+    try:
+        task = tasks.Task.from_config(data)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if task.name == "span_corruption":
+        _require(
+            data.extra_ids >= task.max_noise_spans,
+            f"data.extra_ids={data.extra_ids} is too few for span corruption: an example can "
+            f"have {task.max_noise_spans} noise spans, each needing its own sentinel. Set "
+            f"data.extra_ids >= {task.max_noise_spans} (T5 uses 100).",
+        )
+    return task
+
+
+def _check_attention_impl(m: Any) -> None:
+    if m.attention_impl != "cudnn":
+        return
+    _require(
+        m.dtype in ("bfloat16", "float16"),
+        f"model.attention_impl='cudnn' needs a 16-bit model.dtype (cuDNN's fused attention "
+        f"kernels take bfloat16/float16), not {m.dtype!r}: set --config.model.dtype=bfloat16 "
+        "or use model.attention_impl='einsum'.",
+    )
+    _require(
+        m.position != "relative",
+        "model.attention_impl='cudnn' is not wired for T5's learned relative position bias "
+        "(model.position='relative'): use model.attention_impl='einsum' for this model.",
+    )
+
+
+def _validate_model(m: Any, seq_len: int, seq_len_field: str) -> None:
+    _check_attention_impl(m)
+    if m.position == "relative":
+        _check_positive(
+            m, "model", ("relative_attention_num_buckets", "relative_attention_max_distance")
+        )
+        _require(
+            m.relative_attention_num_buckets >= 4,
+            f"model.relative_attention_num_buckets={m.relative_attention_num_buckets} must be "
+            ">= 4 (half exact, half logarithmic buckets; T5 uses 32).",
+        )
+    if m.head_dim is None:
+        _require(
+            m.d_model % m.num_heads == 0,
+            f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}: "
+            "change one of them or set model.head_dim explicitly.",
+        )
+    if m.num_kv_heads is not None:
+        _require(
+            m.num_heads % m.num_kv_heads == 0,
+            f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads="
+            f"{m.num_kv_heads}: each KV head must serve the same number of query heads.",
+        )
+    head_dim = m.head_dim or m.d_model // m.num_heads
+    if m.position == "rope":
+        _require(
+            head_dim % 2 == 0,
+            f"model.position='rope' needs an even head dim (it rotates pairs of dims), but "
+            f"model.head_dim (or model.d_model / model.num_heads) is {head_dim}: make it even "
+            "or choose another model.position.",
+        )
+    if m.position == "learned":
+        _require(
+            seq_len <= m.max_len,
+            f"{seq_len_field}={seq_len} exceeds model.max_len={m.max_len} of the learned "
+            f"position table: raise model.max_len or lower {seq_len_field}.",
+        )
+
+
+def _check_batch(cfg: Any, mesh: dict[str, int], process_count: int) -> None:
+    """The batch against the mesh's data-parallel size, the micro-batches and the processes."""
+    train = cfg.train
+    num_slices = cfg.mesh.num_slices
+    _require(
+        isinstance(num_slices, int) and num_slices >= 1 and mesh["data"] % num_slices == 0,
+        f"mesh.num_slices={num_slices!r} must be a positive integer dividing mesh.data="
+        f"{mesh['data']}: only the data axis spans slices.",
+    )
+    batch_shards = mesh["data"] * mesh["fsdp"]
+    _require(
+        train.batch_size % batch_shards == 0,
+        f"train.batch_size={train.batch_size} is not divisible by the data-parallel size "
+        f"mesh.data x mesh.fsdp = {batch_shards}: use a multiple of {batch_shards}.",
+    )
+    microbatches = train.microbatches
+    _require(
+        train.batch_size % (microbatches * batch_shards) == 0,
+        f"train.batch_size={train.batch_size} cannot be split into train.microbatches="
+        f"{microbatches} micro-batches that each divide over the data-parallel size "
+        f"mesh.data x mesh.fsdp = {batch_shards}: use a batch size that is a multiple of "
+        f"{microbatches * batch_shards}, or fewer microbatches.",
+    )
+    _require(
+        train.batch_size % process_count == 0,
+        f"train.batch_size={train.batch_size} is not divisible by the {process_count} processes.",
+    )
+    sharded_iterator.resolve_num_shards(cfg, process_count)
+
+
+def _check_head_sharding(cfg: Any, mesh: dict[str, int]) -> None:
+    """The heads against the mesh axes the partitioning rules shard them over."""
+    heads = cfg.model.num_heads
+    kv_heads = cfg.model.num_kv_heads or heads
+    rules = dict(partitioning.rules_for_config(cfg.partitioning, mesh))
+    for logical, count, field in (
+        ("heads", heads, "num_heads"),
+        ("kv_heads", kv_heads, "num_kv_heads"),
+    ):
+        axes = rules.get(logical)
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.get(a, 1) for a in axes)
+        _require(
+            count % size == 0,
+            f"model.{field}={count} is not divisible by the mesh axes {axes} (size {size}) that "
+            f"'{logical}' is sharded over: change mesh.tensor, model.{field}, or the "
+            f"'{logical}' rule in partitioning.rules.",
+        )
+
+
+def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict[str, int]:
+    """Checks `cfg` for this run's devices; returns the resolved mesh shape.
+
+    Raises:
+      ConfigError: naming the offending field and the change that fixes it.
+    """
+    config_lib.check_fields(cfg)
+    data, train, opt = cfg.data, cfg.train, cfg.optimizer
+    _require(
+        data.vocab_path is not None or (isinstance(data.vocab_size, int) and data.vocab_size > 0),
+        "Set data.vocab_path to a SentencePiece model or data.vocab_size > 0 to train one.",
+    )
+    family = models.get(cfg.model.family)  # ConfigError naming the registered families.
+    task = _validate_task(data)
+    # What the family needs of the config: the task's rows, its own fields, what it supports.
+    family.validate(cfg, task)
+    _validate_model(cfg.model, *task.longest_row)
+    if opt.schedule == "cosine":
+        _require(
+            opt.warmup_steps < train.steps,
+            f"optimizer.warmup_steps={opt.warmup_steps} must be smaller than train.steps="
+            f"{train.steps} for the cosine schedule: lower optimizer.warmup_steps or raise "
+            "train.steps.",
+        )
+    mesh = resolve_mesh_shape(cfg.mesh, device_count)
+    _check_batch(cfg, mesh, process_count)
+    _check_head_sharding(cfg, mesh)
+    return mesh
