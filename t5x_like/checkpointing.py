@@ -15,7 +15,12 @@ Faults the writer handles, so that nothing trained is lost:
   up to that step and from pruning the good checkpoints;
 - an async save that fails in the background is raised as `CheckpointSaveError` by the next
   `check_for_errors` / `save` / `wait_until_finished`, naming the step, the directory and the
-  step a relaunch resumes from.
+  step a relaunch resumes from;
+- damaged bytes that still decode: each checkpoint carries an `integrity` item, the checksums
+  of every array and of the iterator state (t5x_like/checksums.py), verified after every
+  restore; a mismatch is treated as an unreadable checkpoint (moved aside, the one before used);
+- a state holding NaN or Inf is never saved: the same pass that computes the checksums checks
+  every floating-point array, and `save` raises `NonFiniteError` instead of writing it.
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from t5x_like import checksums
 from t5x_like.collectives import any_process
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.partitioning import path_names
+from t5x_like.training.nan_guard import NonFiniteError
 from t5x_like.training.train_state import TrainState
+
+_ITEMS = ("state", "data_iterator", "integrity")
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -114,7 +123,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=options,
-            item_names=("state", "data_iterator"),
+            item_names=_ITEMS,
         )
 
     def _log_unfinished_saves(self) -> None:
@@ -147,9 +156,17 @@ class Checkpointer:
         self._finish_pending(block=True)
         if step in self._manager.all_steps():
             return False
-        items = {"state": ocp.args.StandardSave(flax.serialization.to_state_dict(state))}
+        state_dict = flax.serialization.to_state_dict(state)
+        sums, not_finite = checksums.state_checksums(state_dict)
+        if not_finite:
+            raise self._non_finite_error(step, not_finite)
+        items = {"state": ocp.args.StandardSave(state_dict)}
+        integrity: dict[str, Any] = {"state": sums}
         if data_iterator is not None:
-            items["data_iterator"] = ocp.args.JsonSave(data_iterator.get_state())
+            iterator_state = data_iterator.get_state()
+            items["data_iterator"] = ocp.args.JsonSave(iterator_state)
+            integrity["data_iterator"] = checksums.json_checksum(iterator_state)
+        items["integrity"] = ocp.args.JsonSave(integrity)
         try:
             started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # noqa: BLE001 - any failure to write is reported alike.
@@ -158,15 +175,25 @@ class Checkpointer:
             self._pending = step
         return started
 
+    def _resume_point(self) -> str:
+        latest = self._manager.latest_step()
+        return f"step {latest}" if latest is not None else "scratch (no checkpoint yet)"
+
+    def _non_finite_error(self, step: int, names: list[str]) -> NonFiniteError:
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return NonFiniteError(
+            f"Step {step}: the state to be checkpointed holds NaN or Inf ({listed}), so it was "
+            f"not saved. Lower optimizer.learning_rate (or check the optimizer settings) and "
+            f"relaunch: training resumes from {self._resume_point()}."
+        )
+
     def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
         self._failed = True
         self._manager.reload()  # The failed step is not a checkpoint.
-        latest = self._manager.latest_step()
-        resume = f"step {latest}" if latest is not None else "scratch (no checkpoint yet)"
         return CheckpointSaveError(
             f"Checkpoint save of step {step} to {self.directory} failed: "
             f"{type(error).__name__}: {error}. Free disk space / check the permissions of "
-            f"{self.directory} and relaunch: training resumes from {resume}."
+            f"{self.directory} and relaunch: training resumes from {self._resume_point()}."
         )
 
     def _finish_pending(self, block: bool) -> None:
@@ -200,6 +227,7 @@ class Checkpointer:
         Raises:
           ConfigError: the saved state does not fit `abstract_state` (another model/optimizer),
             found from the checkpoint's metadata before any array is read.
+          CorruptCheckpointError: what was read differs from the checksums saved with it.
         """
         self._check_state_fits(step, abstract_state)
         items = {
@@ -207,11 +235,35 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data_iterator"] = ocp.args.JsonRestore()
+        if self._has_integrity(step):
+            items["integrity"] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        self._verify(step, restored)
         state = flax.serialization.from_state_dict(abstract_state, restored["state"])
         if data_iterator is not None:
             data_iterator.set_state(restored["data_iterator"])
         return state
+
+    def _has_integrity(self, step: int) -> bool:
+        """Whether `step` carries checksums (checkpoints of older versions do not)."""
+        return os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
+
+    def _verify(self, step: int, restored: Any) -> None:
+        """CorruptCheckpointError when a restored item differs from its saved checksums."""
+        saved = restored.get("integrity")
+        if saved is None:
+            return
+        actual, _ = checksums.state_checksums(restored["state"])
+        bad = checksums.mismatches(saved["state"], actual)
+        iterator = restored.get("data_iterator")
+        if iterator is not None and "data_iterator" in saved:
+            if checksums.json_checksum(iterator) != saved["data_iterator"]:
+                bad.append("data_iterator")
+        if bad:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.directory}/{step} does not match the checksums saved with "
+                f"it: {_summarize(bad)} differ (damaged files)"
+            )
 
     def _check_state_fits(self, step: int, abstract_state: TrainState) -> None:
         path = os.path.join(self.directory, str(step), "state")
@@ -320,14 +372,20 @@ class Checkpointer:
         self._check_param_shapes(step, abstract_params)
         item = {"params": abstract_params}
         restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(abstract_params)}
-        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+        state_args = ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True
+        )
+        args: dict[str, Any] = {"state": state_args}
+        if self._has_integrity(step):
+            args["integrity"] = ocp.args.JsonRestore()
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except (ValueError, KeyError) as e:
             raise ConfigError(
                 f"The params of {self.directory}/{step} do not fit this model ({e}). Use the "
                 "model settings (and vocabulary) of the run that saved them."
             ) from e
+        self._verify(step, restored)
         return restored["state"]["params"]
 
     def _check_param_shapes(self, step: int, abstract_params: Any) -> None:

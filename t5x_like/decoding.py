@@ -22,13 +22,17 @@ Everything is pure and jittable (the config is a static, hashable dataclass).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from t5x_like import models
+from t5x_like.layers import xla_cpu
+from t5x_like.models.decoder_only import left_pad
+
+__all__ = ["CachedDecoder", "DecodeConfig", "DecodeOutput", "generate", "left_pad"]
 
 PAD_ID = 0  # Also T5's decoder start token.
 STRATEGIES = ("greedy", "sample", "beam")
@@ -83,26 +87,6 @@ class DecodeOutput(NamedTuple):
     lengths: jax.Array  # [B] int32: generated tokens, EOS included.
 
 
-def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None) -> dict[str, np.ndarray]:
-    """Decoder-only prompts as a left-padded batch: {"tokens", "segment_ids"} [B, length]."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("Every prompt needs at least one token.")
-    longest = max(len(p) for p in prompts)
-    length = longest if length is None else length
-    if length < longest:
-        raise ValueError(f"A prompt of {longest} tokens does not fit length={length}.")
-    tokens = np.zeros((len(prompts), length), np.int32)
-    segment_ids = np.zeros((len(prompts), length), np.int32)
-    for row, prompt in enumerate(prompts):
-        tokens[row, length - len(prompt) :] = prompt
-        segment_ids[row, length - len(prompt) :] = 1
-    return {"tokens": tokens, "segment_ids": segment_ids}
-
-
-def _is_encoder_decoder(model: nn.Module) -> bool:
-    return hasattr(model, "encode")
-
-
 def _cache_batch_axis(path: tuple[Any, ...], scanned: bool) -> int | None:
     """Axis of a cache leaf that indexes the batch (None for the scalar write indices)."""
     names = [str(getattr(k, "key", k)) for k in path]
@@ -121,51 +105,42 @@ def _map_cache_batch(fn: Any, cache: Any, scanned: bool) -> Any:
 
 class CachedDecoder:
     """The model in decoding mode: cache creation and cached forward steps (what `generate`
-    loops over; also handy to score given continuations with the cache)."""
+    loops over; also handy to score given continuations with the cache). What differs between
+    model families (the encoder pass, the prefill's inputs) comes from the family's adapter."""
 
     def __init__(self, model: nn.Module, params: Any, prompts: dict[str, jax.Array]):
+        self.family = models.family_of(model)
         self.model = model.clone(decoding=True)
         self.params = params
         self.scanned = model.config.scan_layers
-        self.encoder_decoder = _is_encoder_decoder(model)
-        if self.encoder_decoder:
-            self.encoder_segment_ids = prompts["encoder_segment_ids"]
-            self.encoded = model.apply(
-                {"params": params},
-                prompts["encoder_inputs"],
-                prompts["encoder_segment_ids"],
-                method="encode",
-            )
+        self.context = self.family.decode_context(model, params, prompts)
 
     def _apply(
-        self, variables: dict[str, Any], tokens, segment_ids, positions, encoded, last_only=False
-    ):
-        if self.encoder_decoder:
-            # No `last_only` here: an encoder-decoder prefill is the start token alone.
-            return self.model.apply(
-                variables,
-                encoded,
-                tokens,
-                self.encoder_segment_ids,
-                segment_ids,
-                positions,
-                method="decode",
-                mutable=["cache"],
-            )
-        return self.model.apply(
+        self,
+        variables: dict[str, Any],
+        tokens: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        *,
+        init_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        return self.family.decode_apply(
+            self.model,
             variables,
             tokens,
-            segment_ids=segment_ids,
-            positions=positions,
-            last_logits_only=last_only,
-            mutable=["cache"],
+            segment_ids,
+            positions,
+            self.context,
+            init_cache=init_cache,
+            last_only=last_only,
         )
 
     def init_cache(self, batch_size: int, max_len: int) -> Any:
         """An empty cache of `max_len` slots (encoder keys/values already projected)."""
         dummy = jnp.zeros((batch_size, max_len), jnp.int32)
-        encoded = self.encoded if self.encoder_decoder else None
-        _, variables = self._apply({"params": self.params}, dummy, dummy + 1, dummy, encoded)
+        variables = {"params": self.params}
+        _, variables = self._apply(variables, dummy, dummy + 1, dummy, init_cache=True)
         return variables["cache"]
 
     def step(
@@ -175,30 +150,20 @@ class CachedDecoder:
         LM head then skips the others), and the cache with the tokens appended."""
         variables = {"params": self.params, "cache": cache}
         logits, variables = self._apply(
-            variables, tokens, segment_ids, positions, None, last_only=last_only
+            variables, tokens, segment_ids, positions, last_only=last_only
         )
         logits = logits[:, -1:] if last_only else logits
         return logits.astype(jnp.float32), variables["cache"]
 
     def tile(self, cache: Any, beams: int) -> Any:
         """Each row's cache repeated for its beams (rows b*beams .. b*beams+beams-1)."""
-        if self.encoder_decoder:
-            self.encoder_segment_ids = jnp.repeat(self.encoder_segment_ids, beams, axis=0)
+        self.context = self.family.tile_context(self.context, beams)
         repeat = lambda x, axis: jnp.repeat(x, beams, axis=axis)  # noqa: E731
         return _map_cache_batch(repeat, cache, self.scanned)
 
     def reorder(self, cache: Any, rows: jax.Array) -> Any:
         """The cache rows `rows` [B * beams] (beam search keeps the best continuations)."""
         return _map_cache_batch(lambda x, axis: jnp.take(x, rows, axis=axis), cache, self.scanned)
-
-
-def _argmax(logits: jax.Array) -> jax.Array:
-    """`jnp.argmax` over the last axis (the first maximum; the first NaN if any) as two plain
-    reductions: XLA's CPU backend runs argmax's (value, index) reduce unvectorised, ~4% of a
-    decoding step at vocabulary 32k."""
-    hit = (logits == jnp.max(logits, axis=-1, keepdims=True)) | jnp.isnan(logits)
-    index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-    return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
 
 
 def _filter_logits(logits: jax.Array, config: DecodeConfig) -> jax.Array:
@@ -213,9 +178,11 @@ def _filter_logits(logits: jax.Array, config: DecodeConfig) -> jax.Array:
         cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
         # Keep a token if the tokens before it have not reached p yet (the first one always).
         keep_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1)) < config.top_p
-        keep = jnp.zeros_like(keep_sorted).at[
-            jnp.arange(logits.shape[0])[:, None], order
-        ].set(keep_sorted)
+        keep = (
+            jnp.zeros_like(keep_sorted)
+            .at[jnp.arange(logits.shape[0])[:, None], order]
+            .set(keep_sorted)
+        )
         logits = jnp.where(keep, logits, -jnp.inf)
     return logits
 
@@ -224,15 +191,7 @@ def _prefill(
     decoder: CachedDecoder, prompts: dict[str, jax.Array], config: DecodeConfig
 ) -> tuple[Any, jax.Array, jax.Array]:
     """(cache, last logits [B, V], next positions [B]) after the prompt."""
-    if decoder.encoder_decoder:
-        batch = prompts["encoder_inputs"].shape[0]
-        tokens = jnp.full((batch, 1), PAD_ID, jnp.int32)
-        segment_ids = jnp.ones_like(tokens)
-        positions = jnp.zeros_like(tokens)
-    else:
-        tokens = jnp.asarray(prompts["tokens"], jnp.int32)
-        segment_ids = jnp.asarray(prompts["segment_ids"], jnp.int32)
-        positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+    tokens, segment_ids, positions = decoder.family.prefill_inputs(prompts)
     batch, prompt_len = tokens.shape
     cache = decoder.init_cache(batch, prompt_len + config.max_new_tokens)
     logits, cache = decoder.step(cache, tokens, segment_ids, positions, last_only=True)
@@ -247,7 +206,7 @@ def _sample_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOut
         i, cache, logits, tokens, done, scores, positions = carry
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         if config.strategy == "greedy":
-            token = _argmax(logits)
+            token = xla_cpu.argmax(logits)
         else:
             filtered = _filter_logits(logits, config)
             token = jax.random.categorical(jax.random.fold_in(rng, i), filtered, axis=-1)
@@ -347,7 +306,7 @@ def generate(
     """Decodes `config.max_new_tokens` tokens after each prompt with the KV cache.
 
     Args:
-      model: a DecoderOnlyTransformer or EncoderDecoderTransformer (training mode; its
+      model: the module of a registered model family (training mode; its
         decoding twin is derived here).
       params: its params (unboxed), on any mesh.
       prompts: decoder-only: {"tokens", "segment_ids"} [B, P], left-padded (`left_pad`);

@@ -29,7 +29,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from t5x_like.config import MESH_AXES, ConfigError
+from t5x_like.config import MESH_AXES
+from t5x_like.errors import ConfigError
 
 Rules = tuple[tuple[str, Any], ...]
 

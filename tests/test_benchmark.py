@@ -17,6 +17,8 @@ import testutil
 from testutil import REPO
 
 from t5x_like.experiment import assembly as experiment
+from t5x_like.models import decoder_only, encoder_decoder
+from t5x_like.models.base import matmul_params
 from t5x_like.tools.benchmarking import harness, profile, report
 from t5x_like.training import flops
 
@@ -49,9 +51,9 @@ def test_decoder_only_flops_per_token_by_hand(tied):
     # Tied: the embedding is the LM head's matmul. Untied: the embedding and the learned
     # position table are lookups; the separate LM head [d, V] is the matmul.
     n = L * per_layer + d + V * d  # + final norm + LM head
-    assert flops.matmul_params(params, exp.model_config) == n
+    assert matmul_params(params, exp.model_config) == n
     attention = 12 * L * T * H * hd  # QK^T and AV, forward + backward, full square.
-    assert flops.train_flops_per_token(params, exp.model_config, T) == 6 * n + attention
+    assert decoder_only.train_flops_per_token(params, exp.model_config, T) == 6 * n + attention
     assert harness.model_flops_per_token(exp, params) == 6 * n + attention
 
 
@@ -68,7 +70,7 @@ def test_encoder_decoder_flops_per_token_by_hand():
     per_example = 6 * (n_enc * Te + n_dec * Td + n_xkv * Te) + 12 * H * hd * (
         L * Te * Te + L * Td * (Td + Te)
     )
-    got = flops.encoder_decoder_train_flops_per_token(params, exp.model_config, Te, Td)
+    got = encoder_decoder.train_flops_per_token(params, exp.model_config, Te, Td)
     assert got == pytest.approx(per_example / (Te + Td), rel=1e-12)
     assert harness.model_flops_per_token(exp, params) == got
 

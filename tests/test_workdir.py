@@ -131,3 +131,31 @@ def test_shape_change_without_checkpoints_starts_afresh(tmp_path, caplog):
     assert "data.vocab_size: saved 2048, now 512" in caplog.text
     assert "it has no checkpoint yet" in caplog.text
     assert json.load(open(os.path.join(workdir, "config.json")))["data"]["vocab_size"] == 2048
+
+
+@pytest.mark.parametrize(
+    "change, refusal",
+    [
+        ({"model.d_model": 64}, r"does not fit this run's model and optimizer"),
+        ({"data.num_shards": 4}, r"num_shards"),
+    ],
+)
+def test_a_refused_resume_leaves_config_json_as_it_was(corpus_dir, tmp_path, change, refusal):
+    """allow_config_change lets a changed shape through the config check, then the restore
+    refuses it: config.json must still describe the checkpoints (it used to say 64), so the
+    original command, eval.py and infer.py go on working."""
+    workdir = str(tmp_path / "run")
+    settings = {"train.steps": 4, "train.checkpoint_every": 2}
+    trainer.train(corpus_config(corpus_dir, **settings), workdir)
+    path = os.path.join(workdir, "config.json")
+    saved = open(path).read()
+    longer = {**settings, "train.steps": 6}
+    changed = corpus_config(corpus_dir, **longer, **change)
+    changed.train.allow_config_change = True
+    with pytest.raises(config_lib.ConfigError, match=refusal):
+        trainer.train(changed, workdir)
+    assert open(path).read() == saved
+    # The original command resumes (and only then writes its config, steps now 6).
+    result = trainer.train(corpus_config(corpus_dir, **longer), workdir)
+    assert result["start_step"] == 4
+    assert json.load(open(path))["train"]["steps"] == 6

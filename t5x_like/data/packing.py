@@ -1,9 +1,9 @@
 """Fixed-length rows from variable-length (inputs, targets) examples: packed or padded alone.
 
 Decoder-only rows (`pack`, `pad`, `to_rows`; examples with equal-length inputs and targets)
-have `inputs`, `targets` (int32, 0-padded), `segment_ids` (int32: 1..k for the k examples in
-the row, 0 on padding), `positions` (int32: 0..len-1 restarting per segment) and `weights`
-(float32: 1 on real target tokens, 0 on padding).
+have the `KEYS`: `inputs`, `targets` (int32, 0-padded), `segment_ids` (int32: 1..k for the k
+examples in the row, 0 on padding), `positions` (int32: 0..len-1 restarting per segment) and
+`weights` (float32: 1 on real target tokens, 0 on padding).
 
 Encoder-decoder rows (`pack_encdec`, `pad_encdec`, `encdec_to_rows`) have the `ENCDEC_KEYS`:
 `encoder_inputs`, `encoder_segment_ids`, `encoder_positions` of length inputs_len, and
@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 FEATURES = ("inputs", "targets")
+KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 ENCDEC_KEYS = (
     "encoder_inputs",
     "encoder_segment_ids",
@@ -141,6 +142,30 @@ def _validate_encdec(example: dict[str, np.ndarray], inputs_len: int, targets_le
             )
 
 
+def _shift_right(targets: np.ndarray, segment_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The inputs of teacher forcing: `targets` shifted right by one within each segment."""
+    # A segment's first token (position 0) gets BOS 0, which also keeps one example's last
+    # target from leaking into the next one's inputs.
+    bos = np.zeros(targets.shape[:-1] + (1,), np.int32)
+    shifted = np.concatenate([bos, targets[..., :-1]], axis=-1)
+    return np.where((positions == 0) | (segment_ids == 0), 0, shifted).astype(np.int32)
+
+
+def decoder_only_features(
+    decoder: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """`KEYS` from (targets, segment_ids, positions), rows [L] or batches [B, L]; adds the
+    inputs (the targets shifted right within each segment) and the loss weights."""
+    targets, segment_ids, positions = (np.asarray(x, np.int32) for x in decoder)
+    return {
+        "inputs": _shift_right(targets, segment_ids, positions),
+        "targets": targets,
+        "segment_ids": segment_ids,
+        "positions": positions,
+        "weights": (segment_ids > 0).astype(np.float32),
+    }
+
+
 def encoder_decoder_features(
     encoder: tuple[np.ndarray, np.ndarray, np.ndarray],
     decoder: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -149,11 +174,7 @@ def encoder_decoder_features(
     [B, L]; adds the decoder inputs (the targets shifted right) and the loss weights."""
     enc_tokens, enc_seg, enc_pos = (np.asarray(x, np.int32) for x in encoder)
     targets, dec_seg, dec_pos = (np.asarray(x, np.int32) for x in decoder)
-    # Shift right within each segment: a segment's first token (position 0) gets BOS 0, which
-    # also keeps one example's last target from leaking into the next one's decoder inputs.
-    bos = np.zeros(targets.shape[:-1] + (1,), np.int32)
-    shifted = np.concatenate([bos, targets[..., :-1]], axis=-1)
-    decoder_inputs = np.where((dec_pos == 0) | (dec_seg == 0), 0, shifted).astype(np.int32)
+    decoder_inputs = _shift_right(targets, dec_seg, dec_pos)
     return {
         "encoder_inputs": enc_tokens,
         "encoder_segment_ids": enc_seg,

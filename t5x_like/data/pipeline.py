@@ -36,7 +36,7 @@ import numpy as np
 from t5x_like.data import packing, preprocessors, span_corruption
 from t5x_like.data.tasks import Task
 
-KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
+KEYS = packing.KEYS
 ENCDEC_KEYS = packing.ENCDEC_KEYS
 # Rows grain's packer fills at once when not told otherwise; more bins, less padding.
 DEFAULT_PACKING_BINS = 64
@@ -76,16 +76,9 @@ def resolve_task(task: Task | None, seq_len: int | None, text_key: str | None) -
 
 def batch_shapes(task: Task, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Key -> (shape, dtype) of the batches the pipelines make for `task`."""
-    if task.is_encoder_decoder:
-        lengths = {
-            k: task.inputs_len if k.startswith("encoder_") else task.targets_len
-            for k in ENCDEC_KEYS
-        }
-    else:
-        lengths = dict.fromkeys(KEYS, task.seq_len)
     return {
         k: ((batch_size, n), np.dtype(np.float32 if k == "weights" else np.int32))
-        for k, n in lengths.items()
+        for k, n in task.features.items()
     }
 
 
@@ -146,9 +139,7 @@ def _rows(
     kwargs = dict(
         pack_examples=pack, num_packing_bins=num_packing_bins, shuffle_bins=shuffle_bins, seed=seed
     )
-    if task.is_encoder_decoder:
-        return packing.encdec_to_rows(examples, task.inputs_len, task.targets_len, **kwargs)
-    return packing.to_rows(examples, task.seq_len, **kwargs)
+    return task.to_rows(examples, **kwargs)
 
 
 def _prefetch(ds: grain.IterDataset, worker_count: int) -> grain.IterDataset:

@@ -12,10 +12,9 @@ import dataclasses
 import numbers
 from typing import Any
 
-from t5x_like.data import span_corruption
+import numpy as np
 
-TASKS = ("causal_lm", "span_corruption", "prefix_lm", "seq2seq")
-ENCODER_DECODER_TASKS = ("span_corruption", "prefix_lm", "seq2seq")
+from t5x_like.data import packing, span_corruption
 
 
 def _is_int(x: Any) -> bool:
@@ -108,9 +107,38 @@ class Task:
             )
 
     @property
+    def rows(self) -> "RowLayout":
+        """How this task's examples are laid out in rows (`TASK_ROWS`)."""
+        return TASK_ROWS[self.name]
+
+    @property
     def is_encoder_decoder(self) -> bool:
-        """Whether rows are encoder-decoder (`packing.ENCDEC_KEYS`) rather than decoder-only."""
-        return self.name in ENCODER_DECODER_TASKS
+        """Whether rows have an encoder side (`packing.ENCDEC_KEYS`), not one sequence."""
+        return self.rows is PAIRED_ROWS
+
+    @property
+    def features(self) -> dict[str, int]:
+        """The rows' features: batch key -> row length (`weights` float32, the rest int32).
+        A model family states the keys it reads (`models.ModelFamily.features`)."""
+        return self.rows.features(self)
+
+    @property
+    def longest_row(self) -> tuple[int, str]:
+        """(the longest row length, the `data.<field>` setting it): what a learned position
+        table must hold."""
+        return self.rows.longest_row(self)
+
+    def features_from_sides(
+        self, sides: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """Rows of `features` from (tokens, segment_ids, positions) of each side ("decoder":
+        the targets; "encoder": the encoder inputs), rows [L] or batches [B, L]."""
+        return self.rows.features_from_sides(sides)
+
+    def to_rows(self, examples: Any, **packing_args: Any) -> Any:
+        """The task's examples (a grain IterDataset) as rows of `features`: packed or padded
+        (`packing.to_rows` / `packing.encdec_to_rows`, whose keyword arguments it takes)."""
+        return self.rows.to_rows(self, examples, **packing_args)
 
     @property
     def span_lengths(self) -> tuple[int, int]:
@@ -143,3 +171,67 @@ class Task:
             value = data_cfg.get(key, None) if hasattr(data_cfg, "get") else None
             kwargs[field] = default if value is None else value
         return cls(**kwargs)
+
+
+class RowLayout:
+    """How a task's examples fill rows: the features, their lengths and the packing."""
+
+    def features(self, task: Task) -> dict[str, int]:
+        raise NotImplementedError
+
+    def longest_row(self, task: Task) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def features_from_sides(self, sides: dict[str, Any]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
+        raise NotImplementedError
+
+
+class _SequenceRows(RowLayout):
+    """One token sequence per row (`packing.KEYS`), `data.seq_len` long."""
+
+    def features(self, task: Task) -> dict[str, int]:
+        return dict.fromkeys(packing.KEYS, task.seq_len)
+
+    def longest_row(self, task: Task) -> tuple[int, str]:
+        return task.seq_len, "data.seq_len"
+
+    def features_from_sides(self, sides: dict[str, Any]) -> dict[str, np.ndarray]:
+        return packing.decoder_only_features(sides["decoder"])
+
+    def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
+        return packing.to_rows(examples, task.seq_len, **packing_args)
+
+
+class _PairedRows(RowLayout):
+    """An input sequence and a target sequence per row (`packing.ENCDEC_KEYS`),
+    `data.inputs_len` and `data.targets_len` long."""
+
+    def features(self, task: Task) -> dict[str, int]:
+        return {
+            k: task.inputs_len if k.startswith("encoder_") else task.targets_len
+            for k in packing.ENCDEC_KEYS
+        }
+
+    def longest_row(self, task: Task) -> tuple[int, str]:
+        longest = max(task.inputs_len, task.targets_len)
+        return longest, "data.inputs_len" if longest == task.inputs_len else "data.targets_len"
+
+    def features_from_sides(self, sides: dict[str, Any]) -> dict[str, np.ndarray]:
+        return packing.encoder_decoder_features(sides["encoder"], sides["decoder"])
+
+    def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
+        return packing.encdec_to_rows(examples, task.inputs_len, task.targets_len, **packing_args)
+
+
+SEQUENCE_ROWS, PAIRED_ROWS = _SequenceRows(), _PairedRows()
+# The row layout of each task: a new task names its layout here (or adds one above).
+TASK_ROWS: dict[str, RowLayout] = {
+    "causal_lm": SEQUENCE_ROWS,
+    "span_corruption": PAIRED_ROWS,
+    "prefix_lm": PAIRED_ROWS,
+    "seq2seq": PAIRED_ROWS,
+}
+TASKS = tuple(TASK_ROWS)

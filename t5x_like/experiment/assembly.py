@@ -17,7 +17,8 @@ import optax
 from ml_collections import config_dict
 
 from t5x_like import checkpointing, models, partitioning
-from t5x_like import config as config_lib
+from t5x_like.errors import ConfigError
+from t5x_like.experiment import validation
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.training import losses, optimizers, steps
 from t5x_like.training.train_state import TrainState
@@ -33,6 +34,7 @@ class Experiment:
     splits: dict[str, Any]
     vocab: Any  # t5x_like.data.vocab.SentencePieceVocab
     task: Any  # t5x_like.data.tasks.Task: the preprocessing and row lengths.
+    family: models.ModelFamily  # What the code asks about the model (models/base.py).
     model: nn.Module
     model_config: TransformerConfig
     tx: optax.GradientTransformation
@@ -46,7 +48,7 @@ def _resolve_vocab_size(cfg: config_dict.ConfigDict, vocab_size: int) -> None:
         if cfg.model.vocab_size is None:
             cfg.model.vocab_size = int(math.ceil(vocab_size / 128) * 128)
         elif cfg.model.vocab_size < vocab_size:
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary "
                 f"({vocab_size} ids): raise model.vocab_size or leave it unset (None)."
             )
@@ -68,35 +70,37 @@ def build_experiment(
     from t5x_like.data import vocab as vocab_lib
 
     devices = list(jax.devices() if devices is None else devices)
-    config_lib.validate_config(cfg, len(devices), jax.process_count())
+    mesh_shape = validation.validate_config(cfg, len(devices), jax.process_count())
     data = cfg.data
     splits = sources.prepare_dataset(data.dataset, data.data_dir)
     if splits_needed is None:
         splits_needed = (data.train_split,) + ((data.eval_split,) if cfg.train.eval_every else ())
     for split in splits_needed:
         if split not in splits:
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"Dataset {data.dataset!r} has no split {split!r}; it has {sorted(splits)}. "
                 "Set data.train_split / data.eval_split."
             )
         if splits.num_examples(split) == 0:  # Else it would fail at its first batch.
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"Split {split!r} of dataset {data.dataset!r} (data_dir={splits.data_dir!r}) has "
                 "no records. Set data.train_split / data.eval_split to a split with records, or "
                 "re-prepare the dataset."
             )
     # Fine-tuning reuses the pretraining vocabulary: trained on data.vocab_dataset when set.
-    vocab_dataset = data.get("vocab_dataset") or data.dataset
+    vocab_dataset = data.vocab_dataset or data.dataset
     vocab = vocab_lib.load_or_train_vocab(
         data.vocab_path,
         data_dir=data.data_dir,
         dataset_name=vocab_dataset,
         split=data.train_split,
         vocab_size=data.vocab_size,
-        extra_ids=data.get("extra_ids", 0),
+        extra_ids=data.extra_ids,
         text_key=data.text_key,
     )
-    return assemble_experiment(cfg, splits=splits, vocab=vocab, devices=devices)
+    return assemble_experiment(
+        cfg, splits=splits, vocab=vocab, devices=devices, mesh_shape=mesh_shape
+    )
 
 
 def assemble_experiment(
@@ -105,29 +109,34 @@ def assemble_experiment(
     splits: dict[str, Any] | None = None,
     vocab: Any = None,
     devices: list[jax.Device] | None = None,
+    mesh_shape: dict[str, int] | None = None,
 ) -> Experiment:
     """Mesh, model and optimizer for `cfg` on `devices` (default: all), given data and vocab.
 
     Without a vocabulary, model.vocab_size must be set in the config (tests use this).
+    `mesh_shape`: what `validate_config` returned for `cfg` and `devices` (None: validate here;
+    a config is validated once per build).
     """
     from t5x_like.data import tasks
 
     devices = list(jax.devices() if devices is None else devices)
-    mesh_shape = config_lib.validate_config(cfg, len(devices), jax.process_count())
-    if cfg.model.get("attention_impl", "einsum") == "cudnn" and devices[0].platform != "gpu":
-        raise config_lib.ConfigError(
+    if mesh_shape is None:
+        mesh_shape = validation.validate_config(cfg, len(devices), jax.process_count())
+    if cfg.model.attention_impl == "cudnn" and devices[0].platform != "gpu":
+        raise ConfigError(
             f"model.attention_impl='cudnn' runs on NVIDIA GPUs only; this run's devices are "
             f"{devices[0].platform} devices: use --config.model.attention_impl=einsum."
         )
     rules = partitioning.rules_for_config(cfg.partitioning, mesh_shape)
-    mesh = partitioning.make_mesh(mesh_shape, devices, cfg.mesh.get("num_slices", 1))
+    mesh = partitioning.make_mesh(mesh_shape, devices, cfg.mesh.num_slices)
     if vocab is not None:
         _resolve_vocab_size(cfg, vocab.vocab_size)
     elif cfg.model.vocab_size is None:
-        raise config_lib.ConfigError("model.vocab_size must be set when no vocabulary is given.")
-    model = models.build_model(cfg.model)
+        raise ConfigError("model.vocab_size must be set when no vocabulary is given.")
+    family = models.get(cfg.model.family)
+    model = family.build(cfg.model)
     tx, schedule = optimizers.make_optimizer(
-        cfg.optimizer, cfg.train.steps, cfg.train.get("nan_policy", "stop")
+        cfg.optimizer, cfg.train.steps, cfg.train.nan_policy
     )
     return Experiment(
         cfg=cfg,
@@ -136,6 +145,7 @@ def assemble_experiment(
         splits=splits or {},
         vocab=vocab,
         task=tasks.Task.from_config(cfg.data),
+        family=family,
         model=model,
         model_config=model.config,
         tx=tx,
@@ -147,7 +157,7 @@ def assemble_experiment(
 def _init_boxed_params(exp: Experiment, rng: jax.Array) -> Any:
     # A [batch, 1] dummy input: enough to create every parameter, cheap to trace.
     with nn.logical_axis_rules(exp.rules):
-        return models.init_params(exp.model, rng, exp.cfg.train.batch_size)
+        return exp.family.init_params(exp.model, rng, exp.cfg.train.batch_size)
 
 
 def state_shardings(exp: Experiment) -> tuple[TrainState, TrainState]:
@@ -215,7 +225,7 @@ def make_train_iterator(exp: Experiment) -> Any:
         exp.splits[cfg.data.train_split],
         exp.vocab,
         batch_size=batch_size,
-        num_shards=config_lib.resolve_num_shards(cfg, jax.process_count()),
+        num_shards=sharded_iterator.resolve_num_shards(cfg, jax.process_count()),
         seed=cfg.seed,
         rows=sharded_iterator.process_rows(exp.batch_sharding, batch_size),
         task=exp.task,
@@ -237,31 +247,54 @@ def make_eval_iterator(exp: Experiment, *, for_decoding: bool = False) -> Any:
     return pipeline.make_eval_iterator(split, exp.vocab, num_batches=num_batches, **args)
 
 
-def jit_steps(exp: Experiment, shardings: TrainState) -> tuple[Any, Any]:
-    """The train step (state donated) and the eval step, jitted with explicit shardings."""
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A step function jitted once, its static `steps.LossConfig` bound: called (and lowered)
+    with the arrays only."""
+
+    jitted: Any
+    loss_cfg: steps.LossConfig
+
+    def __call__(self, *arrays: Any) -> Any:
+        return self.jitted(*arrays, self.loss_cfg)
+
+    def lower(self, *arrays: Any) -> Any:
+        return self.jitted.lower(*arrays, self.loss_cfg)
+
+
+def loss_config(exp: Experiment) -> steps.LossConfig:
+    """The step functions' static settings for this experiment."""
     train_cfg = exp.cfg.train
-    train_step = steps.make_train_step(
-        exp.model,
-        exp.tx,
-        exp.rules,
-        train_cfg.z_loss,
-        train_cfg.label_smoothing,
-        microbatches=train_cfg.get("microbatches", 1),
-        loss_chunk_size=train_cfg.get("loss_chunk_size", 0),
+    return steps.LossConfig(
+        module=exp.model,
+        tx=exp.tx,
+        rules=exp.rules,
+        z_loss=train_cfg.z_loss,
+        label_smoothing=train_cfg.label_smoothing,
+        microbatches=train_cfg.microbatches,
+        loss_chunk_size=train_cfg.loss_chunk_size,
     )
-    eval_step = steps.make_eval_step(
-        exp.model, exp.rules, train_cfg.z_loss, train_cfg.get("loss_chunk_size", 0)
-    )
+
+
+def jit_steps(exp: Experiment, shardings: TrainState) -> tuple[Step, Step]:
+    """The train step (state donated) and the eval step, jitted with explicit shardings."""
+    loss_cfg = loss_config(exp)
     batch = exp.batch_sharding
     rep = partitioning.replicated(exp.mesh)
     jit_train = jax.jit(
-        train_step,
+        steps.train_step,
+        static_argnums=2,
         in_shardings=(shardings, batch),
         out_shardings=(shardings, rep),
         donate_argnums=0,
     )
-    jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, batch), out_shardings=rep)
-    return jit_train, jit_eval
+    jit_eval = jax.jit(
+        steps.eval_step,
+        static_argnums=2,
+        in_shardings=(shardings.params, batch),
+        out_shardings=rep,
+    )
+    return Step(jit_train, loss_cfg), Step(jit_eval, loss_cfg)
 
 
 def evaluate(exp: Experiment, eval_step: Any, params: Any) -> dict[str, float]:

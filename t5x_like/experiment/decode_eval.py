@@ -24,11 +24,13 @@ def jit_decode(exp: Any, param_shardings: Any) -> Any:
     The results are replicated, so every process can read every row.
     """
     config = decoding.DecodeConfig(strategy="greedy", max_new_tokens=exp.task.targets_len)
+    # The families with decoded-text metrics read their prompts from the eval batch's features.
+    tokens_key, segment_ids_key = exp.family.prompt_keys
 
     def decode_batch(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-        prompts = {k: batch[k] for k in ("encoder_inputs", "encoder_segment_ids")}
+        prompts = {k: batch[k] for k in (tokens_key, segment_ids_key)}
         outputs = decoding.generate(exp.model, params, prompts, config, eos_id=exp.vocab.eos_id)
-        return outputs.tokens, batch["targets"], batch["encoder_inputs"]
+        return outputs.tokens, batch["targets"], batch[tokens_key]
 
     rep = partitioning.replicated(exp.mesh)
     return jax.jit(

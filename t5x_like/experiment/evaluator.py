@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from t5x_like import config as config_lib
-from t5x_like import partitioning
+from t5x_like import models, partitioning
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import decode_eval, restore
 
@@ -49,12 +49,7 @@ def eval_config(
         cfg.train.eval_batches = num_batches or 0
         if decode_batches is not None:
             cfg.train.decode_batches = decode_batches
-    if cfg.train.get("decode_batches", 0) and cfg.model.family != "encoder_decoder":
-        raise config_lib.ConfigError(
-            f"decode_batches={cfg.train.decode_batches}: decoded-text metrics need "
-            f"model.family='encoder_decoder' for now, this run is {cfg.model.family!r}; "
-            "use decode_batches=0."
-        )
+    models.get(cfg.model.family).check_decode_batches(cfg.train.decode_batches)
     return cfg
 
 
@@ -66,7 +61,7 @@ class _CountingEvalStep:
 
     def __init__(self, exp: experiment.Experiment, eval_step: Any):
         self._eval_step = eval_step
-        self._key = "decoder_segment_ids" if exp.task.is_encoder_decoder else "segment_ids"
+        self._key = exp.family.segment_ids_key
         # Segment ids are 1..k in a row of k examples (0 on padding): a row's max counts them.
         self._count = jax.jit(
             lambda ids: jnp.sum(jnp.max(ids, axis=-1)),
@@ -152,7 +147,7 @@ def evaluate_checkpoint(
     examples: list[dict[str, str]] = []
     with partitioning.activate(exp.mesh, exp.rules):
         metrics = experiment.evaluate(exp, eval_step, params)
-        if cfg.train.get("decode_batches", 0):
+        if cfg.train.decode_batches:
             decode_fn = decode_eval.jit_decode(exp, run.param_shardings)
             scores, examples = decode_eval.evaluate_decodes(exp, decode_fn, params)
             metrics.update(scores)
@@ -170,7 +165,7 @@ def evaluate_checkpoint(
         "tokens": int(metrics.get("tokens", 0)),
         "batches": eval_step.batches,
         "batch_size": cfg.train.batch_size,
-        "decode_batches": cfg.train.get("decode_batches", 0),
+        "decode_batches": cfg.train.decode_batches,
         "mesh": {k: int(v) for k, v in exp.mesh.shape.items()},
         "device_count": len(devices),
         "process_count": jax.process_count(),

@@ -56,22 +56,10 @@ def read_prompts(prompts: Sequence[str] = (), path: str | None = None) -> list[s
 def _encode(
     run: RestoredRun, prompts: Sequence[str], batch_rows: int, width: int
 ) -> dict[str, np.ndarray]:
-    """A batch of `batch_rows` rows for the model family (missing rows are empty); decoder-only
-    prompts are left-padded to `width`."""
+    """A batch of `batch_rows` rows in the model family's prompt format (missing rows are
+    empty); decoder prompts are `width` tokens wide."""
     exp = run.exp
-    vocab = exp.vocab
-    if exp.task.is_encoder_decoder:
-        data = exp.cfg.data
-        length = exp.task.inputs_len
-        tokens = np.zeros((batch_rows, length), np.int32)
-        for row, prompt in enumerate(prompts):
-            ids = vocab.encode_with_sentinels(data.get("inputs_prefix", "") + prompt)
-            ids = ids[: length - 1]
-            tokens[row, : len(ids) + 1] = [*ids, vocab.eos_id]
-        return {"encoder_inputs": tokens, "encoder_segment_ids": (tokens > 0).astype(np.int32)}
-    encoded = [[BOS_ID, *vocab.encode_with_sentinels(p)] for p in prompts]
-    encoded += [[BOS_ID]] * (batch_rows - len(encoded))
-    return decoding.left_pad(encoded, length=width)
+    return exp.family.prompt_batch(exp.vocab, prompts, batch_rows, width, exp.task, BOS_ID)
 
 
 def generate_text(
@@ -93,14 +81,7 @@ def generate_text(
     rows = slice(*process_rows(exp.batch_sharding, batch_rows))
     # Decoder-only: one prompt width for every batch (start token + pieces), one compilation.
     width = max(len(exp.vocab.encode_with_sentinels(p)) + 1 for p in prompts)
-    learned = exp.model_config.position == "learned"
-    if not exp.task.is_encoder_decoder and learned:
-        if width + config.max_new_tokens > exp.model_config.max_len:
-            raise ValueError(
-                f"A prompt of {width} tokens plus max_new_tokens={config.max_new_tokens} "
-                f"exceeds the learned position table (model.max_len="
-                f"{exp.model_config.max_len}): shorten the prompt or generate fewer tokens."
-            )
+    exp.family.check_prompt_fits(width, config.max_new_tokens, exp.model_config)
 
     def run_batch(params: Any, batch: dict[str, jax.Array]) -> decoding.DecodeOutput:
         return decoding.generate(exp.model, params, batch, config, eos_id=exp.vocab.eos_id)

@@ -122,7 +122,7 @@ def restore_run(
     checkpointer = checkpointing.Checkpointer(directory, read_only=True)
     try:
         step = resolve_checkpoint(checkpointer, step)
-        enable_compilation_cache(cfg.train.get("compilation_cache_dir", ""))
+        enable_compilation_cache(cfg.train.compilation_cache_dir)
         exp = experiment.build_experiment(cfg, devices, splits_needed=splits_needed)
         logging.info(
             "Restoring %s/%d: mesh %s over %d devices.",

@@ -91,7 +91,7 @@ def _log_train(done: int, total: int, metrics: dict[str, float], writer: Metrics
 def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: Any) -> TrainState:
     """`state` with its params replaced by those of `train.init_from` (optimizer kept fresh)."""
     train_cfg = exp.cfg.train
-    directory = restore.init_from_dir(train_cfg.init_from, train_cfg.get("init_step"))
+    directory = restore.init_from_dir(train_cfg.init_from, train_cfg.init_step)
     source = checkpointing.Checkpointer(directory, read_only=True)
     try:
         params = source.restore_params(train_cfg.init_step, abstract_params)
@@ -114,22 +114,17 @@ def _restore_or_init(
         logging.info("Resumed from %s/%d.", checkpointer.directory, step)
         return state
     state = init_state(exp, shardings)
-    if exp.cfg.train.get("init_from"):
+    if exp.cfg.train.init_from:
         state = _init_from_pretrained(exp, state, abstract_state.params)
     return state
 
 
 def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
-    """Logs the model's size and FLOPs; the throughput meter counts encoder + decoder tokens."""
+    """Logs the model's size and FLOPs; the throughput meter counts every side's tokens
+    (encoder + decoder for encoder-decoder models)."""
     cfg, task = exp.cfg, exp.task
-    if task.is_encoder_decoder:
-        row_tokens = task.inputs_len + task.targets_len
-        flops_per_token = flops.encoder_decoder_train_flops_per_token(
-            state.params, exp.model_config, task.inputs_len, task.targets_len
-        )
-    else:
-        row_tokens = task.seq_len
-        flops_per_token = flops.train_flops_per_token(state.params, exp.model_config, row_tokens)
+    row_tokens = exp.family.tokens_per_row(task)
+    flops_per_token = exp.family.train_flops_per_token(state.params, exp.model_config, task)
     peak, peak_source = flops.peak_flops(cfg.model.dtype)
     logging.info(
         "Model: %s parameters, %.3g train FLOPs/token; peak %.3g FLOP/s (%s).",
@@ -186,9 +181,9 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
       CheckpointSaveError: a checkpoint could not be written.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    if cfg.train.get("init_from") and not _has_checkpoints(workdir):
+    if cfg.train.init_from and not _has_checkpoints(workdir):
         # A fine-tuning source that cannot be read fails here, before anything compiles.
-        restore.init_from_dir(cfg.train.init_from, cfg.train.get("init_step"))
+        restore.init_from_dir(cfg.train.init_from, cfg.train.init_step)
     enable_compilation_cache(cfg.train.compilation_cache_dir)
     exp = build_experiment(cfg)
     logging.info("Resolved config:\n%s", config_lib.to_json(cfg))
@@ -204,8 +199,6 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     with workdir_lib.WorkdirLock(workdir):
         # Before anything compiles or restores: a changed model shape is refused here.
         workdir_lib.check_config_change(cfg, workdir)
-        if jax.process_index() == 0:
-            config_lib.save_config(cfg, workdir)
         train_cfg = cfg.train
         checkpointer = checkpointing.Checkpointer(
             os.path.join(workdir, "checkpoints"),
@@ -227,7 +220,7 @@ class _Progress:
         self.exp = exp
         self.checkpointer = checkpointer
         self.writer = MetricsWriter(workdir)
-        self.guard = nan_guard.NanGuard(exp.cfg.train.get("nan_policy", "stop"))
+        self.guard = nan_guard.NanGuard(exp.cfg.train.nan_policy)
         self.pending: list[tuple[int, Any]] = []  # (step, device metrics) not logged yet.
 
     def resume_hint(self) -> str:
@@ -313,12 +306,16 @@ def _train_loop(
     train_cfg = exp.cfg.train
     train_iter = make_train_iterator(exp)
     state = _restore_or_init(exp, checkpointer, train_iter)
+    # Only now is the resume accepted (the state and the data position restored): a refused
+    # or failed one leaves the workdir's config.json as the checkpoints' config.
+    if jax.process_index() == 0:
+        config_lib.save_config(exp.cfg, workdir)
     start_step = int(jax.device_get(state.step))
     throughput = _describe_model(exp, state)
     state_shards = jax.tree.map(lambda x: x.sharding, state)
     jit_train, jit_eval = jit_steps(exp, state_shards)
     eval_steps = {"eval": jit_eval}
-    if train_cfg.get("decode_batches", 0):
+    if train_cfg.decode_batches:
         eval_steps["decode"] = decode_eval.jit_decode(exp, state_shards.params)
     progress = _Progress(exp, checkpointer, workdir)
     result: dict[str, Any] = {"start_step": start_step, "train": {}, "eval": {}}

@@ -1,50 +1,67 @@
-"""Model assemblies: decoder-only and encoder-decoder Transformers built from layers/.
+"""Model families: one adapter per family (models/base.py), registered here by name.
 
-`build_model` makes the module for a config's `model` section; `forward` runs either family on a
-batch in the data pipeline's format, so training, evaluation and decoding need not know which
-family they hold.
+    family = models.get(cfg.model.family)     # a ModelFamily; unknown names: ConfigError
+    module = family.build(cfg.model)
+    logits = family.apply(module, params, batch)
+
+Code outside models/ asks the adapter and never tests which family it holds; adding a family is
+one adapter module (its Flax module and a `ModelFamily` subclass) registered in `_REGISTRY`.
+`build_model`, `forward`, `init_params` and `lm_head` are the adapter's methods for callers
+holding only a module.
 """
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from t5x_like.layers.config import TransformerConfig
-from t5x_like.models.decoder_only import DecoderOnlyTransformer
-from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
+from t5x_like.errors import ConfigError
+from t5x_like.models.base import LMHead, ModelFamily
+from t5x_like.models.decoder_only import DecoderOnly
+from t5x_like.models.encoder_decoder import EncoderDecoder
 
-FAMILIES = ("decoder_only", "encoder_decoder")
-_MODELS = {"decoder_only": DecoderOnlyTransformer, "encoder_decoder": EncoderDecoderTransformer}
+__all__ = [
+    "FAMILIES",
+    "LMHead",
+    "ModelFamily",
+    "build_model",
+    "family_of",
+    "forward",
+    "get",
+    "init_params",
+    "lm_head",
+]
+
+_REGISTRY: dict[str, ModelFamily] = {f.name: f for f in (DecoderOnly(), EncoderDecoder())}
+FAMILIES = tuple(_REGISTRY)
+
+
+def get(name: str) -> ModelFamily:
+    """The adapter of `model.family` = `name`."""
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"model.family={name!r} is not supported; choose one of {FAMILIES} (the registered "
+            "model families)."
+        )
+    return _REGISTRY[name]
+
+
+def family_of(module: nn.Module) -> ModelFamily:
+    """The adapter of a module built by one (its decoding twin included)."""
+    for family in _REGISTRY.values():
+        if isinstance(module, family.module_class):
+            return family
+    raise TypeError(f"{type(module).__name__} is not the module of a registered model family.")
 
 
 def build_model(model_cfg: Any) -> nn.Module:
     """Builds the model module for the `model` section of an experiment config."""
-    family = model_cfg.family
-    if family not in _MODELS:
-        raise ValueError(f"Unknown model.family {family!r}; expected one of {FAMILIES}.")
-    return _MODELS[family](TransformerConfig.from_config_dict(model_cfg))
-
-
-def is_encoder_decoder(model: nn.Module) -> bool:
-    return isinstance(model, EncoderDecoderTransformer)
-
-
-class LMHead(NamedTuple):
-    """A model's output projection: logits = hidden @ weight^T when `vocab_major` (the tied
-    embedding table, [vocab, embed]), else hidden @ weight (the `logits` kernel, [embed, vocab]).
-    `hidden` is what `forward(..., return_hidden=True)` returns (a tied head's scaling applied)."""
-
-    weight: jax.Array
-    vocab_major: bool
+    return get(model_cfg.family).build(model_cfg)
 
 
 def lm_head(model: nn.Module, params: Any) -> LMHead:
-    """The LM head parameters of either family (untied: the top-level `logits` Dense)."""
-    if model.config.tie_embeddings:
-        return LMHead(params["token_embed"]["embedding"], vocab_major=True)
-    return LMHead(params["logits"]["kernel"], vocab_major=False)
+    """The LM head parameters of the module's family."""
+    return family_of(model).lm_head(model, params)
 
 
 def forward(
@@ -56,27 +73,12 @@ def forward(
     rngs: dict[str, jax.Array] | None = None,
     return_hidden: bool = False,
 ) -> jax.Array:
-    """Teacher-forced logits [B, L, vocab] of either family on a pipeline batch; with
+    """Teacher-forced logits [B, L, vocab] of the module on a pipeline batch; with
     `return_hidden`, the LM head's input [B, L, d_model] instead (see `lm_head`)."""
-    variables = {"params": params}
-    if is_encoder_decoder(model):
-        return model.apply(
-            variables,
-            batch["encoder_inputs"],
-            batch["decoder_inputs"],
-            encoder_segment_ids=batch["encoder_segment_ids"],
-            decoder_segment_ids=batch["decoder_segment_ids"],
-            encoder_positions=batch["encoder_positions"],
-            decoder_positions=batch["decoder_positions"],
-            deterministic=deterministic,
-            rngs=rngs,
-            return_hidden=return_hidden,
-        )
-    return model.apply(
-        variables,
-        batch["inputs"],
-        segment_ids=batch["segment_ids"],
-        positions=batch["positions"],
+    return family_of(model).apply(
+        model,
+        params,
+        batch,
         deterministic=deterministic,
         rngs=rngs,
         return_hidden=return_hidden,
@@ -85,6 +87,4 @@ def forward(
 
 def init_params(model: nn.Module, rng: jax.Array, batch_size: int) -> Any:
     """Boxed (logically annotated) params, from a [batch_size, 1] dummy input."""
-    tokens = jnp.zeros((batch_size, 1), jnp.int32)
-    args = (tokens, tokens) if is_encoder_decoder(model) else (tokens,)
-    return model.init(rng, *args)["params"]
+    return family_of(model).init_params(model, rng, batch_size)

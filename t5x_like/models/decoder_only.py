@@ -1,7 +1,13 @@
-"""Decoder-only Transformer (GPT-2 / LLaMA family): embeddings + causal shared stack + LM head."""
+"""Decoder-only Transformer (GPT-2 / LLaMA family): embeddings + causal shared stack + LM head,
+and its family adapter (`DecoderOnly`)."""
+
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from t5x_like.layers.attention import (
     DecodeState,
@@ -12,6 +18,7 @@ from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import Embed, LearnedPositions, add_absolute_positions
 from t5x_like.layers.linear import dense
 from t5x_like.layers.transformer import TransformerStack
+from t5x_like.models.base import Batch, ModelFamily, matmul_params
 
 
 class DecoderOnlyTransformer(nn.Module):
@@ -68,3 +75,133 @@ class DecoderOnlyTransformer(nn.Module):
             return embed.attend(x)
         logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), "logits", use_bias=False)(x)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None) -> dict[str, np.ndarray]:
+    """Decoder-only prompts as a left-padded batch: {"tokens", "segment_ids"} [B, length]."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("Every prompt needs at least one token.")
+    longest = max(len(p) for p in prompts)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"A prompt of {longest} tokens does not fit length={length}.")
+    tokens = np.zeros((len(prompts), length), np.int32)
+    segment_ids = np.zeros((len(prompts), length), np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens[row, length - len(prompt) :] = prompt
+        segment_ids[row, length - len(prompt) :] = 1
+    return {"tokens": tokens, "segment_ids": segment_ids}
+
+
+class DecoderOnly(ModelFamily):
+    """The decoder-only family: rows of `inputs` (targets shifted right) predicting `targets`;
+    prompts are left-padded so that every row decodes at the same cache index."""
+
+    name = "decoder_only"
+    module_class = DecoderOnlyTransformer
+    features = ("inputs", "targets", "segment_ids", "positions", "weights")
+    segment_ids_key = "segment_ids"
+    prompt_keys = ("tokens", "segment_ids")
+    supports_decoded_metrics = False
+    hf_model_types = ("gpt2", "llama")
+
+    def apply(
+        self,
+        module: nn.Module,
+        params: Any,
+        batch: Batch,
+        *,
+        deterministic: bool = True,
+        rngs: dict[str, jax.Array] | None = None,
+        return_hidden: bool = False,
+    ) -> jax.Array:
+        return module.apply(
+            {"params": params},
+            batch["inputs"],
+            segment_ids=batch["segment_ids"],
+            positions=batch["positions"],
+            deterministic=deterministic,
+            rngs=rngs,
+            return_hidden=return_hidden,
+        )
+
+    def dummy_inputs(self, batch_size: int) -> tuple[jax.Array, ...]:
+        return (jnp.zeros((batch_size, 1), jnp.int32),)
+
+    def row_lengths(self, task: Any) -> dict[str, int]:
+        return {"decoder": task.features["inputs"]}
+
+    def train_flops_per_token(self, params: Any, cfg: TransformerConfig, task: Any) -> float:
+        """6 * N + 12 * L * T * d_attn: N the parameters used in matmuls (`matmul_params`),
+        L the layers, T the row length, d_attn = heads * head_dim; attention scores and values
+        counted over the full (not causal) square, as dense attention computes them."""
+        return train_flops_per_token(params, cfg, self.row_lengths(task)["decoder"])
+
+    def _validate_model_fields(self, model_cfg: Any) -> None:
+        """Nothing beyond the shared model checks."""
+
+    def _task_mismatch(self, task: Any) -> str:
+        return (
+            f"data.task={task.name!r} makes encoder-decoder rows but model.family={self.name!r}; "
+            "use data.task='causal_lm' or model.family='encoder_decoder'."
+        )
+
+    def decode_context(self, module: nn.Module, params: Any, prompts: Batch) -> Any:
+        return None
+
+    def decode_apply(
+        self,
+        module: nn.Module,
+        variables: dict[str, Any],
+        tokens: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        context: Any,
+        *,
+        init_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        return module.apply(
+            variables,
+            tokens,
+            segment_ids=segment_ids,
+            positions=positions,
+            last_logits_only=last_only,
+            mutable=["cache"],
+        )
+
+    def prefill_inputs(self, prompts: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The left-padded prompts; positions count from 0 at each row's first real token."""
+        tokens = jnp.asarray(prompts["tokens"], jnp.int32)
+        segment_ids = jnp.asarray(prompts["segment_ids"], jnp.int32)
+        positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+        return tokens, segment_ids, positions
+
+    def prompt_batch(
+        self,
+        vocab: Any,
+        prompts: Sequence[str],
+        batch_rows: int,
+        width: int,
+        task: Any,
+        start_id: int,
+    ) -> dict[str, np.ndarray]:
+        """The start token and the prompt's pieces (no EOS), left-padded to `width`."""
+        encoded = [[start_id, *vocab.encode_with_sentinels(p)] for p in prompts]
+        encoded += [[start_id]] * (batch_rows - len(encoded))
+        return left_pad(encoded, length=width)
+
+    def check_prompt_fits(self, width: int, max_new_tokens: int, cfg: TransformerConfig) -> None:
+        if cfg.position == "learned" and width + max_new_tokens > cfg.max_len:
+            raise ValueError(
+                f"A prompt of {width} tokens plus max_new_tokens={max_new_tokens} "
+                f"exceeds the learned position table (model.max_len="
+                f"{cfg.max_len}): shorten the prompt or generate fewer tokens."
+            )
+
+
+def train_flops_per_token(params: Any, cfg: TransformerConfig, seq_len: int) -> float:
+    """Decoder-only training FLOPs per token at sequence length `seq_len` (see
+    `DecoderOnly.train_flops_per_token`)."""
+    attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.qkv_dim
+    return 6.0 * matmul_params(params, cfg) + attention

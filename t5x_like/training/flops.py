@@ -1,17 +1,7 @@
-"""Model FLOPs per token and device peak FLOP/s, for the MFU estimates (training log, benchmark).
+"""Parameter counts and device peak FLOP/s, for the MFU estimates (training log, benchmark).
 
-Decoder-only training FLOPs per token (forward + backward) = 6 * N + 12 * L * T * d_attn, where N
-counts the parameters used in matmuls (all but the token/position embedding lookups; a tied LM
-head counts once, as a matmul), L the layers, T the sequence length and d_attn = heads * head_dim:
-the PaLM appendix-B formula, attention scores and values counted over the full (not causal)
-square, as dense attention computes them. Norms, softmax, activations, the loss and the optimizer
-update are not counted (a few % of the total for real model sizes).
-
-Encoder-decoder models, per example: 6 * (N_enc * T_enc + N_dec * T_dec + N_xkv * T_enc)
-+ 12 * d_attn * (L_enc * T_enc^2 + L_dec * T_dec * (T_dec + T_enc)), where N_xkv are the
-decoder's cross-attention key/value projections (applied to the T_enc encoder outputs) and N_dec
-the rest of the decoder with the LM head; divided by T_enc + T_dec to give FLOPs per (encoder or
-decoder) token.
+The model FLOPs per token are each model family's formula (PaLM appendix B: 6 * matmul params
++ the attention scores and values; `models.ModelFamily.train_flops_per_token`).
 
 Peaks: dense (not 2:4-sparse) datasheet figures per chip. GPUs run float32 matmuls as TF32 at
 JAX's default precision, so float32 models get the TF32 tensor-core peak there; TPUs run float32
@@ -27,9 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from t5x_like import partitioning
-from t5x_like.layers.config import TransformerConfig
 
 # Dense peak FLOP/s per chip: (bf16/fp16, float32 at default matmul precision). More specific
 # device-kind prefixes come first (matched with str.startswith, in order).
@@ -53,54 +40,6 @@ PEAK_FLOPS = {
 
 def param_count(params: Any) -> int:
     return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-
-
-def _is_lookup(keys: tuple[str, ...], cfg: TransformerConfig) -> bool:
-    """Position tables and relative biases (always), the token embedding unless tied."""
-    if keys[-1] == "rel_embedding" or any(k.endswith("position_embed") for k in keys):
-        return True
-    return keys[-1] == "embedding" and not cfg.tie_embeddings
-
-
-def matmul_params(params: Any, cfg: TransformerConfig) -> int:
-    """Parameters taking part in matmuls: the token embedding counts only if tied to the LM head;
-    position tables and relative position biases (lookups) never count."""
-    total = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if not _is_lookup(partitioning.path_names(path), cfg):
-            total += math.prod(leaf.shape)
-    return total
-
-
-def _cross_kv_params(params: Any) -> int:
-    """The decoder's cross-attention key/value projections (they read the encoder outputs)."""
-    total = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = partitioning.path_names(path)
-        if "cross_attention" in keys and ("key" in keys or "value" in keys):
-            total += math.prod(leaf.shape)
-    return total
-
-
-def train_flops_per_token(params: Any, cfg: TransformerConfig, seq_len: int) -> float:
-    """Decoder-only training FLOPs per token at sequence length `seq_len`."""
-    attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.qkv_dim
-    return 6.0 * matmul_params(params, cfg) + attention
-
-
-def encoder_decoder_train_flops_per_token(
-    params: Any, cfg: TransformerConfig, inputs_len: int, targets_len: int
-) -> float:
-    """Encoder-decoder training FLOPs per token, averaged over encoder and decoder tokens."""
-    encoder = matmul_params(params.get("encoder", {}), cfg)
-    cross_kv = _cross_kv_params(params)
-    decoder = matmul_params(params, cfg) - encoder - cross_kv  # Decoder stack and LM head.
-    d_attn = cfg.num_heads * cfg.qkv_dim
-    encoder_attention = cfg.num_layers * inputs_len**2
-    decoder_attention = cfg.decoder_layers * targets_len * (targets_len + inputs_len)
-    attention = 12 * d_attn * (encoder_attention + decoder_attention)
-    matmuls = (encoder + cross_kv) * inputs_len + decoder * targets_len
-    return (6.0 * matmuls + attention) / (inputs_len + targets_len)
 
 
 def datasheet_peak(device_kind: str, dtype: str) -> tuple[float, str] | None:

@@ -2,10 +2,11 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 from ml_collections import config_dict
 
-from t5x_like.data import span_corruption, tasks
+from t5x_like.data import packing, span_corruption, tasks
 from t5x_like.data.tasks import Task
 
 
@@ -64,6 +65,36 @@ def test_tasks_and_encoder_decoder_property():
         True,
         True,
     ]
+
+
+def test_features_row_lengths_and_longest_row():
+    causal = Task("causal_lm", seq_len=8)
+    assert causal.features == dict.fromkeys(packing.KEYS, 8)
+    assert causal.longest_row == (8, "data.seq_len")
+    seq2seq = Task("seq2seq", inputs_len=32, targets_len=16)
+    assert list(seq2seq.features) == list(packing.ENCDEC_KEYS)
+    assert {k: n for k, n in seq2seq.features.items() if n == 32} == {
+        "encoder_inputs": 32,
+        "encoder_segment_ids": 32,
+        "encoder_positions": 32,
+    }
+    assert seq2seq.longest_row == (32, "data.inputs_len")
+    assert Task("prefix_lm", inputs_len=8, targets_len=9).longest_row == (9, "data.targets_len")
+
+
+def test_features_from_sides_make_the_task_rows():
+    tokens, ones, positions = np.array([[5, 6, 7]]), np.ones((1, 3)), np.array([[0, 1, 2]])
+    rows = Task("causal_lm", seq_len=3).features_from_sides({"decoder": (tokens, ones, positions)})
+    assert set(rows) == set(packing.KEYS)
+    np.testing.assert_array_equal(rows["inputs"], [[0, 5, 6]])
+    np.testing.assert_array_equal(rows["weights"], [[1.0, 1.0, 1.0]])
+    encoder = (np.array([[9, 8]]), np.ones((1, 2)), np.array([[0, 1]]))
+    rows = Task("seq2seq", inputs_len=2, targets_len=3).features_from_sides(
+        {"encoder": encoder, "decoder": (tokens, ones, positions)}
+    )
+    assert set(rows) == set(packing.ENCDEC_KEYS)
+    np.testing.assert_array_equal(rows["encoder_inputs"], [[9, 8]])
+    np.testing.assert_array_equal(rows["decoder_inputs"], [[0, 5, 6]])
 
 
 def test_task_is_frozen():

@@ -14,7 +14,7 @@ from testutil import REPO, load_config, tiny_config, tiny_t5_config
 
 from t5x_like import checkpointing
 from t5x_like import config as config_lib
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import evaluator, restore, trainer
 from t5x_like.training import compilation

@@ -6,7 +6,7 @@ import pytest
 from testutil import synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_t5_config
 
 from t5x_like import partitioning
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
 from t5x_like.training import steps
 
@@ -43,9 +43,11 @@ def _grads(make_config, batch, microbatches, dropout_rngs=(0,), **overrides):
     with partitioning.activate(exp.mesh, exp.rules):
         global_batch = partitioning.global_batch(batch, exp.batch_sharding)
         for micro in (1, microbatches):
-            fn = jax.jit(steps.make_loss_and_grads(exp.model, cfg.train.z_loss, 0.0, micro))
+            loss_cfg = steps.LossConfig(exp.model, z_loss=cfg.train.z_loss, microbatches=micro)
+            fn = jax.jit(steps.loss_and_grads, static_argnums=3)
             for seed in dropout_rngs if micro > 1 else dropout_rngs[:1]:
-                results.append(jax.device_get(fn(params, global_batch, jax.random.key(seed))))
+                key = jax.random.key(seed)
+                results.append(jax.device_get(fn(params, global_batch, key, loss_cfg)))
     return results
 
 

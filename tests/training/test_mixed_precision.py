@@ -31,8 +31,9 @@ def test_bf16_compute_keeps_params_grads_opt_state_and_loss_in_f32():
         global_batch = partitioning.global_batch(batch, exp.batch_sharding)
         logits = jax.jit(lambda p, b: models.forward(exp.model, p, b))(state.params, global_batch)
         assert logits.dtype == jnp.bfloat16  # The model really computes in bf16.
-        loss_and_grads = jax.jit(steps.make_loss_and_grads(exp.model, exp.cfg.train.z_loss))
-        sums, grads = loss_and_grads(state.params, global_batch, jax.random.key(0))
+        loss_cfg = steps.LossConfig(exp.model, z_loss=exp.cfg.train.z_loss)
+        loss_and_grads = jax.jit(steps.loss_and_grads, static_argnums=3)
+        sums, grads = loss_and_grads(state.params, global_batch, jax.random.key(0), loss_cfg)
         assert {v.dtype for v in sums.values()} == {jnp.dtype(jnp.float32)}
         assert _float_dtypes(grads) == {jnp.dtype(jnp.float32)}
 

@@ -10,8 +10,8 @@ import pytest
 from testutil import load_config, tiny_t5_config
 
 from t5x_like import checkpointing
-from t5x_like.config import ConfigError
 from t5x_like.data import docstrings
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import trainer
 from t5x_like.training.metrics_writer import read_metrics

@@ -11,7 +11,7 @@ import matplotlib.image
 import pytest
 from testutil import corpus_config, tiny_train_args
 
-from t5x_like.config import ConfigError
+from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import trainer
 from t5x_like.training import compilation

@@ -27,10 +27,7 @@ from t5x_like.training import flops
 def _prompts(exp: Any, batch: int, prompt_len: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, exp.cfg.model.vocab_size, size=(batch, prompt_len), dtype=np.int32)
-    ones = np.ones_like(ids)
-    if exp.task.is_encoder_decoder:
-        return {"encoder_inputs": ids, "encoder_segment_ids": ones}
-    return {"tokens": ids, "segment_ids": ones}
+    return dict(zip(exp.family.prompt_keys, (ids, np.ones_like(ids)), strict=True))
 
 
 def _time_generate(
@@ -84,7 +81,7 @@ def benchmark_decode(
     beams = decode_config.num_beams if decode_config.strategy == "beam" else 1
     result: dict[str, Any] = {
         "mode": "decode",
-        "config": cfg.get("name", ""),
+        "config": cfg.name,
         "family": cfg.model.family,
         "dtype": cfg.model.dtype,
         "params": flops.param_count(abstract_state.params),

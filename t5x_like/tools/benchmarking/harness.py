@@ -1,5 +1,6 @@
 """The benchmarked experiment: synthetic batches, the compiled train step, what XLA reports about
-it (memory and cost analysis) and the model FLOPs of the formula in `training/flops.py`.
+it (memory and cost analysis) and the model FLOPs of its family's formula
+(`models.ModelFamily.train_flops_per_token`).
 
 Nothing here reads a dataset or a vocabulary: model.vocab_size comes from the config and the
 batches are random token ids of the task's row lengths (every row one full document).
@@ -18,13 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
-from t5x_like import models, partitioning
-from t5x_like.data import packing
+from t5x_like import partitioning
+from t5x_like.data import pipeline
 from t5x_like.experiment import assembly as experiment
-from t5x_like.training import flops
 from t5x_like.training.train_state import TrainState
-
-_DECODER_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 
 
 def setup(cfg: config_dict.ConfigDict, devices: list[jax.Device] | None = None) -> Any:
@@ -34,77 +32,44 @@ def setup(cfg: config_dict.ConfigDict, devices: list[jax.Device] | None = None) 
 
 def row_lengths(exp: Any) -> dict[str, int]:
     """Tokens per row on each side: {"decoder": T} or {"encoder": T_enc, "decoder": T_dec}."""
-    task = exp.task
-    if task.is_encoder_decoder:
-        return {"encoder": task.inputs_len, "decoder": task.targets_len}
-    return {"decoder": task.seq_len}
+    return exp.family.row_lengths(exp.task)
 
 
 def tokens_per_step(exp: Any) -> int:
     """Tokens of one global batch (encoder + decoder tokens for encoder-decoder models), as the
     trainer's throughput meter counts them."""
-    return exp.cfg.train.batch_size * sum(row_lengths(exp).values())
-
-
-def _batch_shapes(exp: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
-    batch, lengths = exp.cfg.train.batch_size, row_lengths(exp)
-    shapes = {}
-    if "encoder" in lengths:
-        for key in ("encoder_inputs", "encoder_segment_ids", "encoder_positions"):
-            shapes[key] = ((batch, lengths["encoder"]), jnp.int32)
-        for key in ("decoder_inputs", "decoder_segment_ids", "decoder_positions", "targets"):
-            shapes[key] = ((batch, lengths["decoder"]), jnp.int32)
-    else:
-        for key in _DECODER_KEYS:
-            shapes[key] = ((batch, lengths["decoder"]), jnp.int32)
-    shapes["weights"] = (shapes["targets"][0], jnp.float32)
-    return shapes
+    return exp.cfg.train.batch_size * exp.family.tokens_per_row(exp.task)
 
 
 def abstract_batch(exp: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes, dtypes and shardings of one global batch (nothing allocated)."""
     return {
         key: jax.ShapeDtypeStruct(shape, dtype, sharding=exp.batch_sharding)
-        for key, (shape, dtype) in _batch_shapes(exp).items()
+        for key, (shape, dtype) in pipeline.batch_shapes(exp.task, exp.cfg.train.batch_size).items()
     }
 
 
-def _full_rows(rng: np.random.Generator, shape: tuple[int, int], vocab: int) -> dict[str, Any]:
-    """Random targets, their shifted inputs, one segment per row, positions 0..T-1."""
-    targets = rng.integers(1, vocab, size=shape, dtype=np.int32)
-    inputs = np.concatenate([np.zeros((shape[0], 1), np.int32), targets[:, :-1]], axis=1)
+def _full_side(
+    rng: np.random.Generator, shape: tuple[int, int], vocab: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random tokens, one segment per row, positions 0..T-1."""
+    tokens = rng.integers(1, vocab, size=shape, dtype=np.int32)
     positions = np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape)
-    return {
-        "inputs": inputs,
-        "targets": targets,
-        "segment_ids": np.ones(shape, np.int32),
-        "positions": np.ascontiguousarray(positions),
-    }
+    return tokens, np.ones(shape, np.int32), np.ascontiguousarray(positions)
 
 
 def synthetic_batch(exp: Any, seed: int = 0) -> dict[str, jax.Array]:
     """A random global batch in the pipeline's format, sharded like real batches."""
     rng = np.random.default_rng(seed)
-    vocab, shapes = exp.cfg.model.vocab_size, _batch_shapes(exp)
-    if "encoder_inputs" in shapes:
-        enc = _full_rows(rng, shapes["encoder_inputs"][0], vocab)
-        dec = _full_rows(rng, shapes["decoder_inputs"][0], vocab)
-        side = lambda rows: (rows["targets"], rows["segment_ids"], rows["positions"])  # noqa: E731
-        local = packing.encoder_decoder_features(side(enc), side(dec))
-    else:
-        local = _full_rows(rng, shapes["inputs"][0], vocab)
-    local["weights"] = np.ones(shapes["targets"][0], np.float32)
+    vocab, batch = exp.cfg.model.vocab_size, exp.cfg.train.batch_size
+    sides = {side: _full_side(rng, (batch, n), vocab) for side, n in row_lengths(exp).items()}
+    local = exp.task.features_from_sides(sides)
     return partitioning.global_batch(local, exp.batch_sharding)
 
 
 def model_flops_per_token(exp: Any, params: Any) -> float:
     """Training FLOPs per token by the formula (works on abstract params)."""
-    lengths = row_lengths(exp)
-    if "encoder" in lengths:
-        return flops.encoder_decoder_train_flops_per_token(
-            params, exp.model_config, lengths["encoder"], lengths["decoder"]
-        )
-    return flops.train_flops_per_token(params, exp.model_config, lengths["decoder"])
+    return exp.family.train_flops_per_token(params, exp.model_config, exp.task)
 
 
 def representative_matmul(exp: Any) -> tuple[int, int, int]:
@@ -120,7 +85,7 @@ def params_only_init(exp: Any, param_shardings: Any) -> Any:
 
     def init(rng: jax.Array) -> Any:
         with nn.logical_axis_rules(exp.rules):
-            return nn.unbox(models.init_params(exp.model, rng, 1))
+            return nn.unbox(exp.family.init_params(exp.model, rng, 1))
 
     return jax.jit(init, out_shardings=param_shardings)(jax.random.PRNGKey(exp.cfg.seed))
 

@@ -16,6 +16,7 @@ import jax
 from ml_collections import config_dict
 
 from t5x_like.experiment import assembly as experiment
+from t5x_like.models.base import matmul_params
 from t5x_like.tools.benchmarking import harness, profile, report
 from t5x_like.training import flops
 
@@ -42,14 +43,14 @@ def _describe(exp: Any, compiled: harness.CompiledStep) -> dict[str, Any]:
         ),
     }
     return {
-        "config": cfg.get("name", ""),
+        "config": cfg.name,
         "family": cfg.model.family,
         "dtype": cfg.model.dtype,
         "param_dtype": cfg.model.param_dtype,
         "remat": cfg.model.remat,
         "scan_layers": cfg.model.scan_layers,
         "params": flops.param_count(params),
-        "matmul_params": flops.matmul_params(params, exp.model_config),
+        "matmul_params": matmul_params(params, exp.model_config),
         "row_lengths": harness.row_lengths(exp),
         "batch_size": cfg.train.batch_size,
         "tokens_per_step": tokens,
@@ -75,7 +76,7 @@ def _describe(exp: Any, compiled: harness.CompiledStep) -> dict[str, Any]:
 def _xla_flops_note(cfg: Any) -> str:
     """Why XLA's count may differ from the formula by more than norms and softmax."""
     model_cfg, notes = cfg.model, []
-    if cfg.train.get("microbatches", 1) > 1:
+    if cfg.train.microbatches > 1:
         notes.append("microbatches: XLA counts the accumulation loop body once")
     if model_cfg.scan_layers:
         notes.append("scan_layers: XLA counts the scanned layer body once, not once per layer")

@@ -1,0 +1,215 @@
+"""The model-family adapter: everything the rest of the code asks about a family of models.
+
+A family (decoder-only, encoder-decoder, ...) is one `ModelFamily` subclass next to its Flax
+module, registered in `t5x_like.models`. Trainer, evaluator, decoder, inference and benchmarks
+ask the adapter (which batch features the model reads, how to run it on a batch, how to decode
+with it, how many tokens a row holds, ...) and never test which family they hold, in the spirit
+of T5X's `BaseModel` -> `EncoderDecoderModel` / `DecoderOnlyModel`.
+
+Tasks (t5x_like.data.tasks) sit above this layer: the adapter takes them duck-typed, reading
+`features` (batch key -> row length), `name`, `inputs_len`, `targets_len`, `seq_len` and
+`inputs_prefix`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from t5x_like.errors import ConfigError
+from t5x_like.layers.config import TransformerConfig
+
+Batch = dict[str, jax.Array]
+
+
+class LMHead(NamedTuple):
+    """A model's output projection: logits = hidden @ weight^T when `vocab_major` (the tied
+    embedding table, [vocab, embed]), else hidden @ weight (the `logits` kernel, [embed, vocab]).
+    `hidden` is what `ModelFamily.apply(..., return_hidden=True)` returns (a tied head's scaling
+    applied)."""
+
+    weight: jax.Array
+    vocab_major: bool
+
+
+def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def _is_lookup(keys: tuple[str, ...], cfg: TransformerConfig) -> bool:
+    """Position tables and relative biases (always), the token embedding unless tied."""
+    if keys[-1] == "rel_embedding" or any(k.endswith("position_embed") for k in keys):
+        return True
+    return keys[-1] == "embedding" and not cfg.tie_embeddings
+
+
+def matmul_params(params: Any, cfg: TransformerConfig) -> int:
+    """Parameters taking part in matmuls: the token embedding counts only if tied to the LM head;
+    position tables and relative position biases (lookups) never count."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not _is_lookup(_path_names(path), cfg):
+            total += math.prod(leaf.shape)
+    return total
+
+
+class ModelFamily(abc.ABC):
+    """One family of models: its Flax module and everything the code outside models/ needs.
+
+    Class attributes state the family's data (what it reads, what it supports); methods marked
+    abstract are the per-family hooks, the others are shared.
+    """
+
+    name: ClassVar[str]
+    module_class: ClassVar[type[nn.Module]]
+    # Batch features the loss reads (the task must make all of them).
+    features: ClassVar[tuple[str, ...]]
+    # The segment ids of the loss's side: a row's max counts its examples.
+    segment_ids_key: ClassVar[str]
+    # Keys of a decoding prompt batch (tokens, segment ids), as `generate` takes them.
+    prompt_keys: ClassVar[tuple[str, str]]
+    # Whether the evaluator's decoded-text metrics (train.decode_batches) are wired for it.
+    supports_decoded_metrics: ClassVar[bool]
+    # Hugging Face `model_type`s of the checkpoints t5x_like.interop converts for this family.
+    hf_model_types: ClassVar[tuple[str, ...]]
+
+    # -- the module --------------------------------------------------------------------------
+
+    def build(self, model_cfg: Any) -> nn.Module:
+        """The module for the `model` section of an experiment config."""
+        return self.module_class(TransformerConfig.from_config_dict(model_cfg))
+
+    @abc.abstractmethod
+    def apply(
+        self,
+        module: nn.Module,
+        params: Any,
+        batch: Batch,
+        *,
+        deterministic: bool = True,
+        rngs: dict[str, jax.Array] | None = None,
+        return_hidden: bool = False,
+    ) -> jax.Array:
+        """Teacher-forced logits [B, L, vocab] on a pipeline batch; with `return_hidden`, the
+        LM head's input [B, L, d_model] instead (see `lm_head`)."""
+
+    @abc.abstractmethod
+    def dummy_inputs(self, batch_size: int) -> tuple[jax.Array, ...]:
+        """Positional inputs of `module.init`: [batch_size, 1] token ids."""
+
+    def init_params(self, module: nn.Module, rng: jax.Array, batch_size: int) -> Any:
+        """Boxed (logically annotated) params, from [batch_size, 1] dummy inputs."""
+        return module.init(rng, *self.dummy_inputs(batch_size))["params"]
+
+    def lm_head(self, module: nn.Module, params: Any) -> LMHead:
+        """The LM head parameters (untied: the top-level `logits` Dense)."""
+        if module.config.tie_embeddings:
+            return LMHead(params["token_embed"]["embedding"], vocab_major=True)
+        return LMHead(params["logits"]["kernel"], vocab_major=False)
+
+    # -- rows, tokens and FLOPs --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def row_lengths(self, task: Any) -> dict[str, int]:
+        """Tokens per row of each side the model runs: {"decoder": T} or, with an encoder,
+        {"encoder": T_enc, "decoder": T_dec} (encoder first)."""
+
+    def tokens_per_row(self, task: Any) -> int:
+        """Tokens of one row as the throughput meter counts them (all sides)."""
+        return sum(self.row_lengths(task).values())
+
+    @abc.abstractmethod
+    def train_flops_per_token(self, params: Any, cfg: TransformerConfig, task: Any) -> float:
+        """Training (forward + backward) FLOPs per token of the task's rows, as the PaLM
+        appendix-B formula counts them (see the subclasses): matmuls only; norms, softmax,
+        activations, the loss and the optimizer update are not counted (a few % of the total
+        for real model sizes). Works on abstract params."""
+
+    # -- config checks -----------------------------------------------------------------------
+
+    def validate(self, cfg: Any, task: Any) -> None:
+        """Raises ConfigError when the task does not make the features the model reads, a
+        family-specific model field is wrong, or the config asks for what the family does not
+        support (decoded-text metrics)."""
+        if not set(self.features) <= set(task.features):
+            raise ConfigError(self._task_mismatch(task))
+        self._validate_model_fields(cfg.model)
+        if cfg.train.decode_batches and not self.supports_decoded_metrics:
+            raise ConfigError(
+                "train.decode_batches > 0 (decoded-text metrics) needs model.family="
+                "'encoder_decoder' for now; set train.decode_batches=0."
+            )
+
+    @abc.abstractmethod
+    def _validate_model_fields(self, model_cfg: Any) -> None:
+        """Checks of the `model` fields only this family reads."""
+
+    @abc.abstractmethod
+    def _task_mismatch(self, task: Any) -> str:
+        """The error message for a task whose rows this family cannot read."""
+
+    def check_decode_batches(self, decode_batches: int) -> None:
+        """Raises ConfigError if `decode_batches` > 0 asks for unsupported decoded metrics."""
+        if decode_batches and not self.supports_decoded_metrics:
+            raise ConfigError(
+                f"decode_batches={decode_batches}: decoded-text metrics need "
+                f"model.family='encoder_decoder' for now, this run is {self.name!r}; "
+                "use decode_batches=0."
+            )
+
+    # -- decoding (what decoding.CachedDecoder runs) -----------------------------------------
+
+    @abc.abstractmethod
+    def decode_context(self, module: nn.Module, params: Any, prompts: Batch) -> Any:
+        """What every cached step needs besides the cache (the encoder's outputs), computed
+        once from the prompts; None when nothing is."""
+
+    @abc.abstractmethod
+    def decode_apply(
+        self,
+        module: nn.Module,
+        variables: dict[str, Any],
+        tokens: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        context: Any,
+        *,
+        init_cache: bool = False,
+        last_only: bool = False,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """(logits, mutated variables) of the decoding-mode `module` on new tokens, their
+        cache appended; `init_cache`: the call that creates the cache (from dummy tokens);
+        `last_only` may restrict the LM head to the last position."""
+
+    @abc.abstractmethod
+    def prefill_inputs(self, prompts: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(tokens, segment ids, positions) [B, P] the prefill runs on."""
+
+    def tile_context(self, context: Any, beams: int) -> Any:
+        """The decode context with each row repeated for its beams."""
+        return context
+
+    # -- inference prompts -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def prompt_batch(
+        self,
+        vocab: Any,
+        prompts: Sequence[str],
+        batch_rows: int,
+        width: int,
+        task: Any,
+        start_id: int,
+    ) -> dict[str, np.ndarray]:
+        """A decoding batch (`prompt_keys`) of `batch_rows` rows for the text prompts (missing
+        rows empty); `width` is the decoder prompt width, `start_id` the decoder start token."""
+
+    @abc.abstractmethod
+    def check_prompt_fits(self, width: int, max_new_tokens: int, cfg: TransformerConfig) -> None:
+        """Raises ValueError if a prompt of `width` tokens plus the new tokens cannot decode."""
