@@ -27,6 +27,8 @@ EXTRAS_REQUIRE = {
     "tf": ["tensorflow~=2.21.0"],
     # Hugging Face weight import/export (CPU torch is enough; the parity tests use it).
     "hf": ["torch==2.13.0", "transformers~=5.24", "safetensors~=0.8.0"],
+    # Task metrics' reference implementations and the lm-evaluation-harness adapter.
+    "eval": ["scikit-learn~=1.9.1", "seqeval==1.2.2", "rouge-score==0.1.2", "lm-eval==0.4.13"],
 }
 
 setuptools.setup(
