@@ -7,8 +7,9 @@ r"""Benchmark sizes for experiments/benchmark.py: synthetic data, no dataset or 
     --config=configs/benchmark.py:t5_base  T5 v1.1 base (configs/t5.py), 512 -> 114 tokens
     --config=configs/benchmark.py:t5_large T5 v1.1 large, FSDP + full remat
 
-The decoder-only sizes are configs/decoder_only.py (RoPE, RMSNorm, SwiGLU, no biases) with new
-dimensions; the T5 sizes are configs/t5.py's. Vocabularies: 32000 (LLaMA-1/2's SentencePiece
+The decoder-only sizes are configs/decoder_only.py's sizes (one table, `decoder_only.SIZES`:
+125m is its small, 1b and 8b its 1b and 8b, with its large-model layout), cpu its tiny model
+widened; the T5 sizes are configs/t5.py's. Vocabularies: 32000 (LLaMA-1/2's SentencePiece
 size), 128256 for 8b (LLaMA-3's), 32128 for T5. "bf16" means bfloat16 compute with float32
 params and optimizer state (mixed precision). The big sizes shard with FSDP over all devices
 (mesh.fsdp=-1), scan their layers (compile time independent of depth) and rematerialise each
@@ -23,13 +24,16 @@ from t5x_like import config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-# (d_model, num_layers, num_heads, num_kv_heads, mlp_dim, vocab_size, seq_len, batch_size)
+# (configs/decoder_only.py size, vocab_size, seq_len, batch_size); the model's shape comes from
+# that size (decoder_only.SIZES), the vocabulary size from the model it is named after.
 DECODER_SIZES = {
-    "cpu": (512, 6, 8, None, 2048, 32000, 256, 8),
-    "125m": (768, 12, 12, None, 2048, 32000, 1024, 32),
-    "1b": (2048, 22, 32, 4, 5632, 32000, 2048, 64),
-    "8b": (4096, 32, 32, 8, 14336, 128256, 4096, 256),
+    "cpu": ("tiny", 32000, 256, 8),
+    "125m": ("small", 32000, 1024, 32),
+    "1b": ("1b", 32000, 2048, 64),
+    "8b": ("8b", 128256, 4096, 256),
 }
+# The CPU speed target: the tiny model widened to 6 x 512 (41.6M parameters with its vocab).
+_CPU_DIMS = dict(d_model=512, num_layers=6, num_heads=8, mlp_dim=2048)
 T5_SIZES = {"t5_base": "base", "t5_large": "large"}
 
 
@@ -45,17 +49,11 @@ def _benchmark_defaults(c: config_dict.ConfigDict) -> None:
 
 
 def _decoder_only(name: str) -> config_dict.ConfigDict:
-    d_model, layers, heads, kv_heads, mlp, vocab, seq_len, batch = DECODER_SIZES[name]
-    c = config.load_file(os.path.join(_HERE, "decoder_only.py"))
-    c.model.update(
-        d_model=d_model,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        mlp_dim=mlp,
-        vocab_size=vocab,
-        max_len=seq_len,
-    )
+    size, vocab, seq_len, batch = DECODER_SIZES[name]
+    c = config.load_file(os.path.join(_HERE, "decoder_only.py"), size)
+    if name == "cpu":
+        c.model.update(_CPU_DIMS)
+    c.model.update(vocab_size=vocab, max_len=seq_len)
     c.data.seq_len = seq_len
     c.train.batch_size = batch
     if name == "cpu":
@@ -63,12 +61,9 @@ def _decoder_only(name: str) -> config_dict.ConfigDict:
         # step time here, where the 32000-vocab head is 38% of the FLOPs.
         c.train.loss_chunk_size = 64
         return c  # float32, tied embeddings, data parallel: configs/decoder_only.py's layout.
+    # The sizes below 1b train in float32 and tied in configs/decoder_only.py; measured here
+    # in the large-model precision and layout (not sharded: they fit one device).
     c.model.update(dtype="bfloat16", tie_embeddings=False, scan_layers=True)
-    if name == "8b":
-        c.model.update(rope_theta=500_000.0, norm_eps=1e-5)
-    if name in ("1b", "8b"):
-        c.model.remat = "full"
-        c.mesh.update(data=1, fsdp=-1)
     return c
 
 

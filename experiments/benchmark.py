@@ -91,11 +91,17 @@ def _use_fake_devices(count: int) -> int | None:
     return subprocess.run([sys.executable, *sys.argv], env=env, check=False).returncode
 
 
-def _out_path(name: str, mode: str) -> str:
+def _out_path(name: str, mode: str, result: dict | None = None) -> str:
+    """`--out`, else `<workdir>/<name>_<mode>.json`; a dry run's name also carries its mesh and
+    device count, so that dry runs of one config on several meshes keep their own files."""
     if _OUT.value:
         return _OUT.value
     directory = _WORKDIR.value or os.path.join(os.getcwd(), "benchmark")
-    return os.path.join(directory, f"{name}_{mode}.json")
+    suffix = ""
+    if mode == "dryrun" and result and "mesh" in result:
+        mesh = "".join(f"{axis[0]}{size}" for axis, size in result["mesh"].items())
+        suffix = f"_{mesh}_{result.get('devices', jax.device_count())}dev"
+    return os.path.join(directory, f"{name}_{mode}{suffix}.json")
 
 
 def main(argv: list[str]) -> None:
@@ -140,7 +146,7 @@ def main(argv: list[str]) -> None:
     rows.append(("host malloc", result["host_malloc"]))
     print(report.table(rows, f"benchmark {cfg.get('name', '')} --mode={mode}"), flush=True)
     if jax.process_index() == 0:
-        path = _out_path(cfg.get("name", "benchmark"), mode)
+        path = _out_path(cfg.get("name", "benchmark"), mode, result)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, sort_keys=True)

@@ -1,7 +1,20 @@
-r"""Converts a training run's checkpoint between the scanned and unscanned layer layouts.
+r"""Converts checkpoints: Hugging Face directory <-> workdir, and between layer layouts.
 
+  python experiments/convert_checkpoint.py --from_hf=/models/Qwen2.5-0.5B --workdir=/tmp/qwen
+  python experiments/convert_checkpoint.py --workdir=/tmp/run --to_hf=/tmp/run_hf [--step=200]
   python experiments/convert_checkpoint.py --from_workdir=/tmp/run --to_workdir=/tmp/run_scan \
       --scan_layers=True [--step=200] [--fresh_optimizer]
+
+--from_hf reads an HF checkpoint directory (config.json, model.safetensors or its shards, the
+tokenizer files) of a family t5x_like.interop converts (GPT-2, LLaMA / Llama 3, Mistral,
+Qwen2/2.5, Qwen3, T5), and writes a workdir: config.json (the model section from the HF config,
+data.vocab_path pointing at the copied tokenizer in <workdir>/tokenizer), checkpoints/0/ (the
+params, a fresh optimizer state) and the tokenizer. `eval.py --workdir`, `infer.py --workdir` and
+`train.py --config.train.init_from=<workdir>` use it as they use a training run's (set
+data.dataset / data.data_dir with --config.data.* for the text they read). --to_hf writes a
+checkpoint of a workdir (default: the latest) as an HF directory that `from_pretrained` loads,
+picking the first family whose architecture expresses the model config (or --hf_family), with
+the workdir's tokenizer files when it has HF ones.
 
 Restores the params, optimizer state, step, RNG and data-iterator position of one checkpoint
 (default: the latest) of --from_workdir, converts every layer stack (t5x_like/layout.py explains
@@ -17,19 +30,31 @@ memory.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
+import json
 import os
 import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
 
 from t5x_like import checkpointing, layout, partitioning
 from t5x_like import config as config_lib
+from t5x_like.cli import main_with_clear_errors, parse_flags
 from t5x_like.experiment import assembly as experiment
 from t5x_like.log_setup import setup_logging
 
+_FROM_HF = flags.DEFINE_string("from_hf", None, "HF checkpoint directory to import (only read).")
+_TO_HF = flags.DEFINE_string("to_hf", None, "HF directory to export --workdir's checkpoint to.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The workdir written by --from_hf / read by --to_hf."
+)
+_HF_FAMILY = flags.DEFINE_string(
+    "hf_family", None, "--to_hf: the HF family to write (t5x_like.interop.registry.FAMILIES)."
+)
 _FROM = flags.DEFINE_string("from_workdir", None, "Training workdir to convert (only read).")
 _TO = flags.DEFINE_string("to_workdir", None, "New workdir for the converted checkpoint.")
 _SCAN = flags.DEFINE_bool(
@@ -40,6 +65,7 @@ _FRESH = flags.DEFINE_bool(
     "fresh_optimizer", False, "Initialise the optimizer state anew instead of converting it."
 )
 
+TOKENIZER_DIR = "tokenizer"  # A converted workdir's copy of the HF tokenizer files.
 _SAVED_RUN = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "configs", "saved_run.py"
 )
@@ -150,21 +176,211 @@ def convert_workdir(
     return os.path.join(target_dir, str(step))
 
 
+def _one_device(cfg: Any) -> Any:
+    """`cfg` on one device: conversions pass through host memory; the saved config keeps its
+    own mesh."""
+    one = copy.deepcopy(cfg)
+    one.mesh.update(data=1, fsdp=1, tensor=1)
+    return one
+
+
+def _model_family_name(target_module: Any) -> str | None:
+    """The t5x_like.models family whose module an interop family's target builds (None: its
+    target is built otherwise)."""
+    from t5x_like import models
+
+    for name in models.FAMILIES:
+        if models.get(name).module_class is target_module:
+            return name
+    return None
+
+
+def hf_workdir_config(hf_dir: str, workdir: str, scan_layers: bool = False) -> Any:
+    """The experiment config of an HF checkpoint: the model section from its config.json, the
+    tokenizer at <workdir>/tokenizer, everything else at its default."""
+    from t5x_like.interop import registry
+
+    family = registry.family_for(hf_dir)
+    model = family.config_from_hf(hf_dir, scan_layers=scan_layers)
+    cfg = config_lib.base_config()
+    cfg.name = "hf_" + os.path.basename(os.path.normpath(hf_dir))
+    for field in dataclasses.fields(model):
+        if field.name not in cfg.model:
+            raise ValueError(f"model.{field.name} has no config field: add it to config.SCHEMA.")
+        cfg.model[field.name] = getattr(model, field.name)
+    model_family = _model_family_name(family.target.module)
+    if model_family is None:
+        raise ValueError(f"{family.label} checkpoints do not convert to a workdir yet.")
+    cfg.model.family = model_family
+    cfg.data.vocab_path = os.path.join(workdir, TOKENIZER_DIR)
+    cfg.data.extra_ids = 0
+    return cfg
+
+
+def convert_from_hf(hf_dir: str, workdir: str, scan_layers: bool = False) -> str:
+    """Writes `workdir` (config.json, checkpoints/0/, tokenizer/) from HF directory `hf_dir`;
+    returns the checkpoint's directory.
+
+    Raises:
+      FileNotFoundError: no such directory, config.json, weights or tokenizer files.
+      ValueError: a family or setting we do not convert (naming it), or a non-empty workdir.
+    """
+    from t5x_like.data import tokenizers, vocab
+    from t5x_like.interop import registry
+    from t5x_like.training.train_state import TrainState
+
+    hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise FileNotFoundError(f"--from_hf={hf_dir} has no config.json: not an HF checkpoint.")
+    target_dir = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(target_dir) and os.listdir(target_dir):
+        raise ValueError(f"{target_dir} already holds checkpoints: choose a new --workdir.")
+    cfg = hf_workdir_config(hf_dir, workdir, scan_layers)
+    family = registry.family_for(hf_dir)
+    model_config = family.config_from_hf(hf_dir, scan_layers=scan_layers)
+    params = family.import_weights(hf_dir, model_config)
+
+    tokenizer_dir = cfg.data.vocab_path
+    tokenizers.copy_tokenizer_files(hf_dir, tokenizer_dir)
+    tokenizer = vocab.load_tokenizer(tokenizer_dir)  # Fails here, not in eval.py.
+
+    exp = experiment.assemble_experiment(
+        _one_device(cfg), vocab=tokenizer, devices=jax.devices()[:1]
+    )
+    abstract, shardings = experiment.state_shardings(exp)
+    # In the param dtype of the config, on the abstract state's shardings (one device).
+    params = jax.tree_util.tree_map(lambda x, a: x.astype(a.dtype), params, abstract.params)
+    params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(exp.tx.init, out_shardings=shardings.opt_state)(params)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.random.PRNGKey(cfg.seed),
+    )
+    config_lib.save_config(cfg, workdir)
+    writer = checkpointing.Checkpointer(target_dir, async_save=False)
+    try:
+        writer.save(0, state)
+    finally:
+        writer.close()
+    return os.path.join(target_dir, "0")
+
+
+def _export_family(model_config: Any, model_family: str, name: str | None) -> Any:
+    """--hf_family's family, or the first of those converting `model_family` (model.family)
+    whose architecture expresses `model_config`."""
+    from t5x_like.interop import registry
+
+    candidates = {
+        key: family
+        for key, family in registry.FAMILIES.items()
+        if _model_family_name(family.target.module) == model_family
+    }
+    if name is not None:
+        if name not in candidates:
+            raise ValueError(
+                f"--hf_family={name!r}: a model.family={model_family!r} workdir exports to one "
+                f"of {sorted(candidates)}."
+            )
+        family = candidates[name]
+        family.check_layout(model_config)
+        return family
+    problems = []
+    for family in candidates.values():
+        try:
+            family.check_layout(model_config)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        return family
+    raise ValueError(
+        "No HF family expresses this model config: " + " ".join(problems[-2:]) + " Change "
+        "those model.* fields (at config time, before training) or pass --hf_family."
+    )
+
+
+def convert_to_hf(
+    workdir: str, hf_dir: str, step: int | None = None, family_name: str | None = None
+) -> str:
+    """Writes checkpoint `step` (None: the latest) of `workdir` as an HF directory (config.json,
+    model.safetensors, tokenizer files when the workdir's tokenizer is an HF one); returns the
+    family's architecture."""
+    from t5x_like.data import tokenizers, vocab
+    from t5x_like.experiment.restore import checkpoint_dir, resolve_checkpoint
+    from t5x_like.layers.config import TransformerConfig
+
+    source_dir = checkpoint_dir(workdir)
+    cfg = load_workdir_config(workdir)
+    model_config = TransformerConfig.from_config_dict(cfg.model)
+    family = _export_family(model_config, cfg.model.family, family_name)
+    tokenizer = None
+    vocab_path = cfg.data.vocab_path
+    if vocab_path:
+        tokenizer = vocab.load_tokenizer(vocab_path, extra_ids=cfg.data.extra_ids)
+    one = _one_device(cfg)
+    if one.model.vocab_size is None:
+        if tokenizer is None:
+            raise ValueError("The workdir's config has neither model.vocab_size nor a vocab_path.")
+        one.model.vocab_size = -(-tokenizer.vocab_size // 128) * 128
+    exp = experiment.assemble_experiment(one, devices=jax.devices()[:1])
+    abstract, _ = experiment.state_shardings(exp)
+    reader = checkpointing.Checkpointer(source_dir, read_only=True)
+    try:
+        step = resolve_checkpoint(reader, step)
+        params = jax.device_get(reader.restore_params(step, abstract.params))
+    finally:
+        reader.close()
+    model_config = dataclasses.replace(model_config, vocab_size=one.model.vocab_size)
+    family.save_hf_checkpoint(params, model_config, hf_dir)
+    if tokenizer is not None and os.path.isdir(vocab_path):
+        tokenizers.copy_tokenizer_files(vocab_path, hf_dir)
+    if tokenizer is not None:  # The model's own special ids, not our vocabularies' defaults.
+        path = os.path.join(hf_dir, "config.json")
+        with open(path, encoding="utf-8") as f:
+            hf_config = json.load(f)
+        hf_config.update(
+            bos_token_id=getattr(tokenizer, "bos_id", None),
+            eos_token_id=list(getattr(tokenizer, "eos_ids", (tokenizer.eos_id,))),
+            pad_token_id=tokenizer.pad_id,
+        )
+        if len(hf_config["eos_token_id"]) == 1:
+            hf_config["eos_token_id"] = hf_config["eos_token_id"][0]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    return family.architecture
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _SCAN.value is None:
-        raise app.UsageError("--scan_layers=True|False is required (the target layout).")
+    hf_mode = _FROM_HF.value is not None or _TO_HF.value is not None
+    if hf_mode:
+        if (_FROM_HF.value is None) == (_TO_HF.value is None) or _WORKDIR.value is None:
+            raise app.UsageError("Pass --workdir with exactly one of --from_hf and --to_hf.")
+    elif _FROM.value is None or _TO.value is None or _SCAN.value is None:
+        raise app.UsageError(
+            "Pass --from_hf=<dir> --workdir=<dir>, --workdir=<dir> --to_hf=<dir>, or "
+            "--from_workdir, --to_workdir and --scan_layers=True|False (the target layout)."
+        )
     setup_logging()
     try:
-        path = convert_workdir(
-            _FROM.value, _TO.value, _SCAN.value, step=_STEP.value, fresh_optimizer=_FRESH.value
-        )
+        if _FROM_HF.value is not None:
+            path = convert_from_hf(_FROM_HF.value, _WORKDIR.value, bool(_SCAN.value))
+            message = f"Wrote {path} and {_WORKDIR.value}/config.json."
+        elif _TO_HF.value is not None:
+            arch = convert_to_hf(_WORKDIR.value, _TO_HF.value, _STEP.value, _HF_FAMILY.value)
+            message = f"Wrote {_TO_HF.value} ({arch})."
+        else:
+            path = convert_workdir(
+                _FROM.value, _TO.value, _SCAN.value, step=_STEP.value, fresh_optimizer=_FRESH.value
+            )
+            message = f"Wrote {path} (model.scan_layers={_SCAN.value})."
     except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError.
         sys.exit(f"Error: {e}")
-    print(f"Wrote {path} (model.scan_layers={_SCAN.value}).")
+    print(message)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["from_workdir", "to_workdir"])
-    app.run(main)
+    app.run(main_with_clear_errors(main), flags_parser=parse_flags)

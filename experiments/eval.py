@@ -11,7 +11,9 @@ another file; either way `--config.<section>.<field>=value` overrides any field,
 Only the params are restored (never the optimizer state), straight into this mesh's shardings.
 
 Reports loss, cross-entropy, perplexity and token accuracy over the split, plus accuracy, exact
-match and BLEU of greedily decoded text with --decode_batches > 0 (encoder-decoder runs). The
+match and BLEU of greedily decoded text with --decode_batches > 0 (encoder-decoder runs), and a
+fine-tuned encoder-only run's task metrics (task_accuracy, task_f1_macro, task_mcc,
+task_entity_f1, task_exact_match, ...: t5x_like/experiment/task_eval.py). The
 JSON report goes to --output (default <workdir>/eval/step_<N>.json), decodes next to it.
 In a multi-process job (the flags of t5x_like/distributed.py) every process evaluates its
 share of each batch and process 0 writes the report.

@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from t5x_like.cli import main_with_clear_errors, parse_flags
 from t5x_like.tools import plotting
 
 _WORKDIRS = flags.DEFINE_multi_string(
@@ -55,4 +56,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_with_clear_errors(main), flags_parser=parse_flags)

@@ -15,7 +15,7 @@ from absl import app, flags, logging
 
 from t5x_like import distributed, host_memory
 from t5x_like.cli import ConfigFlag, main_with_clear_errors
-from t5x_like.experiment import trainer
+from t5x_like.experiment import trainer, validation
 from t5x_like.log_setup import setup_logging
 from t5x_like.tools import plotting
 
@@ -43,6 +43,10 @@ def main(argv: list[str]) -> None:
     host_memory.configure()
     distributed.initialize_from_flags()
     setup_logging()
+    # Before anything is built: the config, memory for the model's state, a usable workdir.
+    validation.check_before_training(
+        _CONFIG.value, _WORKDIR.value, jax.device_count(), jax.process_count()
+    )
     trainer.train(_CONFIG.value, _WORKDIR.value)
     _write_curves(_WORKDIR.value)
 

@@ -20,7 +20,13 @@ Faults the writer handles, so that nothing trained is lost:
   of every array and of the iterator state (t5x_like/checksums.py), verified after every
   restore; a mismatch is treated as an unreadable checkpoint (moved aside, the one before used);
 - a state holding NaN or Inf is never saved: the same pass that computes the checksums checks
-  every floating-point array, and `save` raises `NonFiniteError` instead of writing it.
+  every floating-point array, and `save` raises `NonFiniteError` instead of writing it;
+- a restored state whose first step is not finite: the trainer tries the checkpoint before
+  (`restore_latest(below=...)`) and moves the suspect one aside (`move_aside`) only once the older
+  one trains.
+
+A checkpoint also holds `unlogged_metrics`, the host metrics of the steps since the last log line,
+so that the interval a resumed run logs covers the same steps as an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -35,15 +41,16 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-from t5x_like import checksums
+from t5x_like import checksums, log_setup
 from t5x_like.collectives import any_process
 from t5x_like.errors import ConfigError
 from t5x_like.partitioning import path_names
 from t5x_like.training.nan_guard import NonFiniteError
 from t5x_like.training.train_state import TrainState
 
-_ITEMS = ("state", "data_iterator", "integrity")
+_ITEMS = ("state", "data_iterator", "integrity", "unlogged_metrics")
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -69,6 +76,36 @@ def _shape_problems(saved_tree: Any, wanted_tree: Any) -> list[str]:
         if saved.get(name) != shape
     ] + [f"{name}: saved {shape}, not in the model" for name, shape in saved.items()
          if name not in wanted]
+
+
+def _json_records(records: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """(step, metrics) pairs as JSON-safe records (plain floats; non-finite entries dropped,
+    as the interval means leave them out)."""
+    out = []
+    for step, metrics in records:
+        values = {k: float(v) for k, v in metrics.items()}
+        if all(v == v and abs(v) != float("inf") for v in values.values()):
+            out.append({"step": int(step), "metrics": values})
+    return {"records": out}
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """'/'-joined names -> the nested dict they name."""
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def _saved_tree(item_dir: str) -> Any:
+    """The saved pytree's metadata (shapes, dtypes) of a checkpoint item directory, read by
+    the item's handler: a Checkpointer would also look for step metadata in the item directory,
+    where Orbax never writes any, and warn "Metadata file does not exist"."""
+    return getattr(ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)), "tree", None)
 
 
 def _summarize(problems: list[str]) -> str:
@@ -120,11 +157,13 @@ class Checkpointer:
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_names=_ITEMS,
-        )
+        # Read-only is what a reader asks for; Orbax warns about it all the same.
+        with log_setup.without_message("Given directory is read only"):
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_names=_ITEMS,
+            )
 
     def _log_unfinished_saves(self) -> None:
         """Logs the tmp dirs of saves that never committed; Orbax removes them on start."""
@@ -145,11 +184,18 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(
-        self, step: int, state: TrainState, data_iterator: Any = None, force: bool = False
+        self,
+        step: int,
+        state: TrainState,
+        data_iterator: Any = None,
+        force: bool = False,
+        unlogged_metrics: list[tuple[int, dict[str, float]]] | None = None,
     ) -> bool:
         """Starts an (async) save of `state` at `step`; returns whether a save was started.
 
-        Steps that already have a checkpoint are never overwritten.
+        `unlogged_metrics`: (step, host metrics) of the steps not logged yet, saved with the
+        state so that a resumed run's next log interval covers them. Steps that already have
+        a checkpoint are never overwritten.
         """
         # The previous async save must have succeeded before this one counts on it (Orbax
         # would raise its error from inside save(), attributed to the wrong step).
@@ -166,6 +212,10 @@ class Checkpointer:
             iterator_state = data_iterator.get_state()
             items["data_iterator"] = ocp.args.JsonSave(iterator_state)
             integrity["data_iterator"] = checksums.json_checksum(iterator_state)
+        if unlogged_metrics is not None:
+            records = _json_records(unlogged_metrics)
+            items["unlogged_metrics"] = ocp.args.JsonSave(records)
+            integrity["unlogged_metrics"] = checksums.json_checksum(records)
         items["integrity"] = ocp.args.JsonSave(integrity)
         try:
             started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -244,9 +294,35 @@ class Checkpointer:
             data_iterator.set_state(restored["data_iterator"])
         return state
 
+    def _has_item(self, step: int, item: str) -> bool:
+        """Whether `step` holds `item` (checkpoints of older versions lack the newer items)."""
+        return os.path.isdir(os.path.join(self.directory, str(step), item))
+
     def _has_integrity(self, step: int) -> bool:
         """Whether `step` carries checksums (checkpoints of older versions do not)."""
-        return os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
+        return self._has_item(step, "integrity")
+
+    def unlogged_metrics(self, step: int) -> list[tuple[int, dict[str, float]]]:
+        """The (step, host metrics) saved with `step` that no log line had covered yet; empty
+        for checkpoints saved without them.
+
+        Raises:
+          CorruptCheckpointError: they differ from the checksum saved with them.
+        """
+        if not self._has_item(step, "unlogged_metrics"):
+            return []
+        items = {"unlogged_metrics": ocp.args.JsonRestore()}
+        if self._has_integrity(step):
+            items["integrity"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        records = restored["unlogged_metrics"]
+        saved = (restored.get("integrity") or {}).get("unlogged_metrics")
+        if saved is not None and checksums.json_checksum(records) != saved:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.directory}/{step}: its unlogged metrics do not match their "
+                "checksum (damaged files)"
+            )
+        return [(int(r["step"]), dict(r["metrics"])) for r in records["records"]]
 
     def _verify(self, step: int, restored: Any) -> None:
         """CorruptCheckpointError when a restored item differs from its saved checksums."""
@@ -267,8 +343,7 @@ class Checkpointer:
 
     def _check_state_fits(self, step: int, abstract_state: TrainState) -> None:
         path = os.path.join(self.directory, str(step), "state")
-        metadata = ocp.StandardCheckpointer().metadata(path)
-        tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+        tree = _saved_tree(path)
         if not isinstance(tree, dict):
             return  # Not our layout: the restore itself reports what it finds.
         problems = _shape_problems(tree, flax.serialization.to_state_dict(abstract_state))
@@ -280,9 +355,10 @@ class Checkpointer:
             )
 
     def restore_latest(
-        self, abstract_state: TrainState, data_iterator: Any = None
+        self, abstract_state: TrainState, data_iterator: Any = None, below: int | None = None
     ) -> tuple[int, TrainState] | None:
-        """(step, state) of the newest readable checkpoint; None when there is none at all.
+        """(step, state) of the newest readable checkpoint (older than `below` when given);
+        None when there is none at all.
 
         Newer checkpoints that cannot be read are moved aside to `<step>.corrupt-<time>` with a
         warning naming them and the error. If none can be read, nothing is moved.
@@ -292,7 +368,8 @@ class Checkpointer:
           ConfigError: a readable checkpoint does not fit `abstract_state`.
         """
         failures: list[tuple[int, str]] = []
-        for step in sorted(self.all_steps(), reverse=True):
+        steps = [s for s in self.all_steps() if below is None or s < below]
+        for step in sorted(steps, reverse=True):
             try:
                 state = self.restore(step, abstract_state, data_iterator)
                 error = None
@@ -321,6 +398,11 @@ class Checkpointer:
             )
         return None
 
+    def move_aside(self, step: int, reason: str) -> None:
+        """Renames checkpoint `step` to `<step>.corrupt-<time>` (nothing is deleted), logging
+        `reason`; Orbax no longer lists it, so the next save and resume do not count on it."""
+        self._move_aside([(step, reason)])
+
     def _move_aside(self, failures: list[tuple[int, str]]) -> None:
         """Renames unreadable steps to `<step>.corrupt-<time>` (process 0), for inspection."""
         if not failures:
@@ -332,8 +414,8 @@ class Checkpointer:
             if jax.process_index() == 0:
                 shutil.move(source, target)
             logging.warning(
-                "Checkpoint %s is unreadable (%s); moved it aside to %s and resuming from the "
-                "newest readable checkpoint.",
+                "Checkpoint %s is not usable (%s); moved it aside to %s and resuming from the "
+                "newest usable checkpoint.",
                 source,
                 error,
                 target,
@@ -388,12 +470,60 @@ class Checkpointer:
         self._verify(step, restored)
         return restored["state"]["params"]
 
+    def restore_shared_params(
+        self, step: int | None, abstract_params: Any
+    ) -> tuple[dict[str, Any], list[str], list[str]]:
+        """Restores the params of `step` (None: the latest) that `abstract_params` also has,
+        onto their shardings; fine-tuning loads a pretrained encoder under a new head.
+
+        Returns:
+          (restored: '/'-joined param name -> array, the names loaded, the model's names the
+          checkpoint lacks (to initialise fresh)). Saved params the model lacks (another head)
+          are not read.
+
+        Raises:
+          ConfigError: a param both have whose shapes differ (naming it and both shapes).
+        """
+        step = self.resolve_step(step)
+        tree = _saved_tree(os.path.join(self.directory, str(step), "state"))
+        saved_params = tree["params"] if isinstance(tree, dict) and "params" in tree else {}
+        saved = {"/".join(path_names(p)): tuple(x.shape) for p, x in _flat_with_paths(saved_params)}
+        wanted = {"/".join(path_names(p)): x for p, x in _flat_with_paths(abstract_params)}
+        differ = [
+            f"{name}: saved {saved[name]}, model {tuple(x.shape)}"
+            for name, x in wanted.items()
+            if name in saved and saved[name] != tuple(x.shape)
+        ]
+        if differ:
+            raise ConfigError(
+                f"The params of {self.directory}/{step} do not fit this model "
+                f"({_summarize(differ)}): use the model sizes and vocabulary of the run that "
+                "saved them."
+            )
+        shared = {name: x for name, x in wanted.items() if name in saved}
+        new = [name for name in wanted if name not in saved]
+        if not shared:
+            return {}, [], new
+        item = {"params": _unflatten(shared)}
+        restore_args = {"params": ocp.checkpoint_utils.construct_restore_args(item["params"])}
+        args: dict[str, Any] = {
+            "state": ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True
+            )
+        }
+        if self._has_integrity(step):
+            args["integrity"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        self._verify(step, restored)
+        params = restored["state"]["params"]
+        flat = {"/".join(path_names(p)): x for p, x in _flat_with_paths(params)}
+        return flat, sorted(flat), new
+
     def _check_param_shapes(self, step: int, abstract_params: Any) -> None:
         """ConfigError naming the params whose saved shapes differ from the model's, read from
         the checkpoint's metadata before any array is."""
         path = os.path.join(self.directory, str(step), "state")
-        metadata = ocp.StandardCheckpointer().metadata(path)
-        tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+        tree = _saved_tree(path)
         if not isinstance(tree, dict) or "params" not in tree:
             return  # Not our layout: the restore itself reports what it finds.
         problems = _shape_problems(tree["params"], abstract_params)

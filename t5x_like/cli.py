@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from t5x_like import config as config_lib
@@ -104,6 +104,48 @@ def _config_file(argv: Sequence[str], name: str, default: str | None) -> str | N
     return given[-1] if given else default
 
 
+def check_config_file(spec: str | None, name: str = "config") -> None:
+    """ConfigError unless the file of `--<name>=<file>[:arg]` exists (config_flags would only
+    fail later, at the config's first use, with a traceback)."""
+    if not spec:
+        return
+    path = os.path.expanduser(spec.split(":", 1)[0])
+    if not os.path.isfile(path):
+        where = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise ConfigError(
+            f"--{name}={spec}: the config file {os.path.abspath(path)} {where}. Pass an "
+            f"existing file, e.g. --{name}=configs/decoder_only.py or configs/t5.py:small "
+            "(configs/README.md lists them)."
+        )
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The first exception of `error`'s chain (what the config file itself raised)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _load_failure(value: Any) -> BaseException | None:
+    """The error config_flags kept for a config file that failed to load (it hands back a
+    placeholder that raises it at the config's first use), else None."""
+    placeholder = getattr(config_flags.config_flags, "_ErrorConfig", None)
+    if placeholder is not None and isinstance(value, placeholder):
+        return object.__getattribute__(value, "_error")
+    return None
+
+
+def _config_file_failure(spec: str | None, name: str, error: BaseException) -> ConfigError:
+    """One line for a config file that raised something other than a ConfigError."""
+    inner = _innermost(error)
+    lines = str(inner).strip().splitlines()
+    detail = (lines[-1] if lines else "").strip()
+    return ConfigError(
+        f"--{name}={spec}: the config file failed with {type(inner).__name__}: {detail} "
+        "(T5X_LIKE_TRACEBACK=1 shows where)."
+    )
+
+
 def define_and_parse(
     argv: list[str],
     default: str | None,
@@ -129,6 +171,8 @@ def define_and_parse(
       flags.Error: any other flag problem, as absl reports it.
     """
     check_overrides(argv, name)
+    spec = _config_file(argv, name, default)
+    check_config_file(spec, name)
     try:
         holder = config_flags.DEFINE_config_file(
             name, default, help_string, flag_values=flag_values, lock_config=True, sys_argv=argv
@@ -139,18 +183,29 @@ def define_and_parse(
     except flags.IllegalFlagValueError as e:
         cause = _config_file_error(e)
         if cause is not None:
-            raise ConfigError(f"--{name}={_config_file(argv, name, default)}: {cause}") from e
-        if not str(e).startswith(f"flag --{name}."):
-            raise
-        raise ConfigError(
-            f"{e}. Give a value of the same type as the field's default ({_FIELDS_HINT})."
-        ) from e
+            raise ConfigError(f"--{name}={spec}: {cause}") from e
+        if str(e).startswith(f"flag --{name}."):
+            raise ConfigError(
+                f"{e}. Give a value of the same type as the field's default ({_FIELDS_HINT})."
+            ) from e
+        if str(e).startswith(f"flag --{name}="):
+            raise _config_file_failure(spec, name, e) from e
+        raise
+    except flags.Error:
+        raise
+    except Exception as e:  # A config file's own error that absl does not wrap (RuntimeError).
+        raise _config_file_failure(spec, name, e) from e
+    failure = _load_failure(holder.value)
+    if failure is not None:
+        raise _config_file_failure(spec, name, failure) from failure
     return holder, rest
 
 
 def _fail(error: Exception) -> None:
     """Ends the script with status 1: a ConfigError as its one line, another flag error as
     absl reports it."""
+    if os.environ.get("T5X_LIKE_TRACEBACK") == "1":
+        traceback.print_exception(error)
     if isinstance(error, ConfigError):
         sys.stderr.write(f"ERROR (ConfigError): {error}\n")
     else:
@@ -159,10 +214,20 @@ def _fail(error: Exception) -> None:
     sys.exit(1)
 
 
+def _exit_status_of_help(status: int) -> NoReturn:
+    """absl's help flags (--help, --helpshort, --helpfull, --helpxml) end the program through
+    `absl.app._exit_before_main(1)`; asking for help is no failure, so they exit 0."""
+    sys.exit(0 if status == 1 else status)
+
+
 def config_actions(argv: list[str], load: Callable[[], Any], help_module: str) -> None:
     """Defines --help_config and --print_config (listed in `help_module`'s --help) and, when
     `argv` asks for one, does it and exits 0; `load()` gives the resolved config. Runs before
-    the script's other flags are checked, so neither needs --workdir."""
+    the script's other flags are checked, so neither needs --workdir. Also makes absl's help
+    flags exit 0 (every script that parses flags through this module calls it)."""
+    # absl documents _exit_before_main as its hook "to enable overrides"; only the help
+    # flags and --only_check_flags (status 0) call it.
+    app._exit_before_main = _exit_status_of_help
     early = flags.FlagValues()
     for flag, help_string in _ACTION_HELP.items():
         if flag not in flags.FLAGS:
@@ -180,6 +245,13 @@ def config_actions(argv: list[str], load: Callable[[], Any], help_module: str) -
             _fail(e)
         print(config_lib.to_json(cfg))
         sys.exit(0)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """`app.run`'s flags_parser for a script without --config: absl's own parsing, with its
+    help flags exiting 0."""
+    app._exit_before_main = _exit_status_of_help
+    return app.parse_flags_with_usage(argv)
 
 
 class ConfigFlag:
@@ -272,6 +344,14 @@ def main_with_clear_errors(main: Any) -> Any:
     def wrapped(argv: list[str]) -> None:
         try:
             main(argv)
+        except KeyboardInterrupt:
+            # A second Ctrl-C (the first one stops gracefully): one line, no traceback from
+            # this thread or the background ones, and the shell's status for SIGINT.
+            sys.stderr.write(
+                "Aborted by a second Ctrl-C: no final checkpoint; relaunching the same command "
+                "resumes from the last one on disk.\n"
+            )
+            exit_without_hanging(130, grace_s=2.0)
         except Exception as e:
             user_error = isinstance(e, _user_errors())
             if not user_error or os.environ.get("T5X_LIKE_TRACEBACK") == "1":

@@ -103,8 +103,8 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             "family",
             str,
             "decoder_only",
-            "Model family (t5x_like.models): decoder_only or encoder_decoder; must match "
-            "data.task.",
+            "Model family (t5x_like.models): decoder_only, encoder_decoder or encoder_only; "
+            "must match data.task.",
         ),
         Field(
             "vocab_size",
@@ -187,6 +187,38 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
         ),
         Field("rope_theta", float, 10_000.0, "RoPE base frequency."),
         Field(
+            "rope_scaling_factor",
+            float,
+            None,
+            "Llama 3's RoPE scaling (HF rope_type 'llama3'): long wavelengths divided by this "
+            "factor; None: unscaled RoPE.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0 (Llama 3.1: 8.0), or None.",
+        ),
+        Field(
+            "rope_low_freq_factor",
+            float,
+            1.0,
+            "Llama 3 RoPE scaling: wavelengths above rope_original_max_len / this are scaled.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0.",
+        ),
+        Field(
+            "rope_high_freq_factor",
+            float,
+            4.0,
+            "Llama 3 RoPE scaling: wavelengths below rope_original_max_len / this are kept.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0.",
+        ),
+        Field(
+            "rope_original_max_len",
+            int,
+            8192,
+            "Llama 3 RoPE scaling: the context length the model was pretrained at.",
+            **_POSITIVE,
+        ),
+        Field(
             "tie_embeddings",
             bool,
             True,
@@ -198,7 +230,49 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             True,
             "Tied head: logits * d_model**-0.5 (GPT-2: False).",
         ),
+        Field(
+            "embed_init_std",
+            float,
+            0.3,
+            "decoder_only: std of the token embedding's normal init, and of the logits at init "
+            "(tied and scaled by d_model**-0.5, or untied: the logits kernel scaled alike), so "
+            "a fresh model starts at loss ln(vocab) at any depth (GPT-2: 0.02 with unscaled "
+            "tied logits; 1.0: the N(0, 1) of earlier versions). encoder_decoder keeps T5's "
+            "N(0, 1).",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0 (0.3 by default; GPT-2: 0.02).",
+        ),
+        Field(
+            "scale_residual_init",
+            bool,
+            True,
+            "decoder_only: initialise each residual branch's output projection (attention out, "
+            "MLP wo) at 1/sqrt(2 * num_layers) of its fan-in std, as GPT-2 and LLaMA do; "
+            "encoder_decoder keeps T5's unscaled init.",
+        ),
         Field("use_bias", bool, False, "Biases in the dense layers."),
+        Field(
+            "qkv_bias",
+            bool,
+            False,
+            "Biases on the query/key/value projections alone (Qwen2); use_bias puts them on "
+            "every dense layer.",
+        ),
+        Field("qk_norm", bool, False, "RMSNorm of each query and key head before RoPE (Qwen3)."),
+        Field(
+            "scale_embeddings",
+            bool,
+            False,
+            "Multiply the token embeddings by sqrt(d_model) before the first layer (Gemma).",
+        ),
+        Field(
+            "sliding_window",
+            int,
+            None,
+            "Each token attends to itself and at most sliding_window - 1 earlier tokens, in "
+            "training and in the KV-cache decoding (Mistral); None: to all.",
+            **_POSITIVE,
+        ),
         Field(
             "dropout_rate",
             float,
@@ -246,21 +320,55 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             "fused kernel: NVIDIA GPUs, model.dtype bfloat16/float16, no relative positions).",
             choices=layer_config.ATTENTION_IMPLS,
         ),
+        Field(
+            "type_vocab_size",
+            int,
+            2,
+            "encoder_only: rows of the token-type embedding (BERT 2, RoBERTa 1; 0: none).",
+            check=_integer_at_least_zero,
+            error="{field}={value!r} must be an integer >= 0 (BERT uses 2).",
+        ),
+        Field(
+            "encoder_head",
+            str,
+            "mlm",
+            "encoder_only: the heads on the encoder (models/encoder_only.py): mlm (masked LM), "
+            "pretraining (mlm + next-sentence prediction), classification, "
+            "token_classification, question_answering.",
+            choices=(
+                "mlm",
+                "pretraining",
+                "classification",
+                "token_classification",
+                "question_answering",
+            ),
+        ),
+        Field(
+            "num_labels",
+            int,
+            2,
+            "encoder_only: outputs of the classification and token_classification heads.",
+            **_POSITIVE,
+        ),
     ),
     "data": (
         Field(
             "task",
             str,
             "causal_lm",
-            "causal_lm (decoder-only rows) or span_corruption, prefix_lm, seq2seq "
-            "(encoder-decoder rows).",
+            "causal_lm (decoder-only rows), sft (decoder-only prompt/completion rows, loss on "
+            "the completion), span_corruption, prefix_lm, seq2seq (encoder-decoder rows), mlm "
+            "(encoder-only masked-LM rows) or the encoder-only fine-tuning tasks "
+            "classification, token_classification, question_answering (labelled data: "
+            "data.dataset a TFDS name, a .jsonl/.csv/.tsv file or directory, or builtin:<name>).",
         ),
         Field(
             "dataset",
             str,
             "t5x_like_corpus",
             "A TFDS dataset prepared as array_record under data_dir (t5x_like_corpus and "
-            "t5x_like_docstrings are built on the spot; nothing is downloaded).",
+            "t5x_like_docstrings are built on the spot; nothing is downloaded), or JSONL: a "
+            ".jsonl file (split train) or a directory of <split>.jsonl files.",
         ),
         Field(
             "data_dir", str, None, "TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets."
@@ -276,7 +384,9 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
         Field("inputs_key", str, "inputs", "seq2seq: the records' input text feature."),
         Field("targets_key", str, "targets", "seq2seq: the records' target text feature."),
         Field("inputs_prefix", str, "", "Text put before every seq2seq input, e.g. 'summarize: '."),
-        Field("seq_len", int, 128, "Tokens per decoder-only row (causal_lm)."),
+        Field(
+            "seq_len", int, 128, "Tokens per decoder-only (causal_lm) or encoder-only (mlm) row."
+        ),
         Field(
             "inputs_len",
             int,
@@ -302,6 +412,73 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             3.0,
             "Span corruption: mean length of a masked span (>= 1).",
         ),
+        Field(
+            "mlm_probability",
+            float,
+            0.15,
+            "mlm: fraction of the (non-special) tokens selected for prediction, in (0, 1); each "
+            "becomes [MASK] 80%, a random piece 10%, itself 10%.",
+        ),
+        Field(
+            "whole_word_masking",
+            bool,
+            False,
+            "mlm: select whole words (a SentencePiece '\u2581' piece and its continuation).",
+        ),
+        Field(
+            "sentence_pair",
+            str,
+            "none",
+            "mlm: rows of [CLS] a [SEP] b [SEP] with an nsp_label: nsp (b a random other "
+            "document's half the time) or sop (a and b swapped half the time); none: "
+            "[CLS] text [SEP], packed.",
+            choices=("none", "nsp", "sop"),
+        ),
+        Field("prompt_key", str, "prompt", "sft: the records' prompt text feature."),
+        Field("completion_key", str, "completion", "sft: the records' completion text feature."),
+        Field(
+            "sft_too_long",
+            str,
+            "error",
+            "sft: an example longer than seq_len is an error, or truncate (the prompt's end, "
+            "the completion's start) or drop it; each one logged with a running count.",
+            choices=("error", "truncate", "drop"),
+        ),
+        Field(
+            "labels",
+            str,
+            "",
+            "Fine-tuning: the label (or BIO tag) set, comma-separated, in id order; '': the "
+            "dataset's class names, else the labels seen in the train split, sorted.",
+        ),
+        Field("text_b_key", str, "", "classification: the second sentence's feature ('': none)."),
+        Field("label_key", str, "label", "classification: the records' label feature."),
+        Field("tokens_key", str, "tokens", "token_classification: the records' word list."),
+        Field("tags_key", str, "tags", "token_classification: the records' BIO tag list."),
+        Field("id_key", str, "id", "question_answering: the records' id (absent: the index)."),
+        Field("question_key", str, "question", "question_answering: the question feature."),
+        Field("context_key", str, "context", "question_answering: the context feature."),
+        Field(
+            "answers_key",
+            str,
+            "answers",
+            "question_answering: the answers ({text: [...], answer_start: [...]}, SQuAD-style).",
+        ),
+        Field(
+            "doc_stride",
+            int,
+            32,
+            "question_answering: context tokens from one window's start to the next's (BERT's "
+            "run_squad step, not Hugging Face's overlap); at most seq_len - max_query_len - 3.",
+            **_POSITIVE,
+        ),
+        Field(
+            "max_query_len",
+            int,
+            64,
+            "question_answering: the question's most tokens (longer ones are cut).",
+            **_POSITIVE,
+        ),
         Field("pack", bool, True, "Pack several examples into one row (segment ids apart)."),
         Field(
             "vocab_path",
@@ -322,7 +499,8 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             "extra_ids",
             int,
             0,
-            "T5 sentinel ids appended to the vocabulary; span corruption needs one per noise span.",
+            "T5 sentinel ids appended to the vocabulary; span corruption needs one per noise "
+            "span, mlm 3 ([CLS], [SEP], [MASK]).",
             check=_integer_at_least_zero,
             error="{field}={value!r} must be an integer >= 0.",
         ),
@@ -399,6 +577,15 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
         Field("max_to_keep", int, 3, "Checkpoints kept.", **_POSITIVE),
         Field("async_checkpoint", bool, True, "Save checkpoints in the background."),
         Field(
+            "watchdog_s",
+            float,
+            1800.0,
+            "Exit (status 3, naming the step and host) when one step, eval or checkpoint save "
+            "makes no progress for this many seconds: a hung collective or store. 0: off.",
+            check=_at_least_zero,
+            error="{field} must be >= 0 (0 disables the watchdog).",
+        ),
+        Field(
             "nan_policy",
             str,
             "stop",
@@ -451,6 +638,16 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             "state) start the run.",
         ),
         Field("init_step", int, None, "Step of init_from to load; None: its latest."),
+        Field(
+            "peak_flops",
+            float,
+            None,
+            "Peak FLOP/s of all the run's devices, for the MFU; None: the datasheet figure of "
+            "known accelerators, on CPU a matmul measured once per machine and dtype and cached "
+            "in ~/.cache/t5x_like/peak_flops.json (training/flops.py).",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0 (FLOP/s), or None.",
+        ),
         Field(
             "compilation_cache_dir",
             str,

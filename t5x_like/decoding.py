@@ -22,6 +22,8 @@ Everything is pure and jittable (the config is a static, hashable dataclass).
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -45,7 +47,7 @@ class DecodeConfig:
     Attributes:
       strategy: "greedy", "sample" (temperature, then top-k, then top-p) or "beam".
       max_new_tokens: tokens generated per row at most (EOS included).
-      temperature: sampling temperature (> 0).
+      temperature: sampling temperature (> 0; greedy and beam ignore it, 0 included).
       top_k: sample among the k most likely tokens only (0: all).
       top_p: sample from the smallest set of tokens whose probability reaches p (1.0: all).
       num_beams: beams per row for beam search.
@@ -67,16 +69,26 @@ class DecodeConfig:
             raise ValueError(f"strategy={self.strategy!r}: choose one of {STRATEGIES}.")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1.")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature} must be > 0 (use greedy for 0).")
+        # Only sampling divides by the temperature: greedy and beam ignore it (0 included).
+        positive = math.isfinite(self.temperature) and self.temperature > 0
+        if self.strategy == "sample" and not positive:
+            raise ValueError(
+                f"temperature={self.temperature} must be a finite number > 0 for sampling "
+                "(for temperature 0 use --strategy=greedy)."
+            )
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature={self.temperature} must be a finite number >= 0.")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables it).")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables it).")
         if self.num_beams < 1:
             raise ValueError(f"num_beams={self.num_beams} must be >= 1.")
-        if self.length_penalty < 0:
-            raise ValueError(f"length_penalty={self.length_penalty} must be >= 0.")
+        if not (math.isfinite(self.length_penalty) and self.length_penalty >= 0):
+            raise ValueError(
+                f"length_penalty={self.length_penalty} must be a finite number >= 0 "
+                "(0: rank beams by their summed log-probability; T5 uses 0.6)."
+            )
 
 
 class DecodeOutput(NamedTuple):
@@ -214,7 +226,7 @@ def _sample_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOut
         picked = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
         scores = scores + jnp.where(done, 0.0, picked)
         tokens = tokens.at[:, i].set(token)
-        done = done | (token == eos_id)
+        done = done | jnp.isin(token, jnp.asarray(eos_id))
         ones = jnp.ones((batch, 1), jnp.int32)
         logits, cache = decoder.step(cache, token[:, None], ones, positions[:, None])
         return i + 1, cache, logits[:, -1], tokens, done, scores, positions + 1
@@ -236,9 +248,9 @@ def _sample_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOut
     return DecodeOutput(tokens, scores, _lengths(tokens, eos_id))
 
 
-def _lengths(tokens: jax.Array, eos_id: int) -> jax.Array:
-    """Tokens up to and including the first EOS (all of them without one)."""
-    is_eos = tokens == eos_id
+def _lengths(tokens: jax.Array, eos_id: tuple[int, ...]) -> jax.Array:
+    """Tokens up to and including the first EOS (any of `eos_id`; all of them without one)."""
+    is_eos = jnp.isin(tokens, jnp.asarray(eos_id))
     first = jnp.argmax(is_eos, axis=-1)
     return jnp.where(is_eos.any(axis=-1), first + 1, tokens.shape[1]).astype(jnp.int32)
 
@@ -266,7 +278,7 @@ def _beam_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOutpu
         scores, flat = jax.lax.top_k(candidates, beams)
         parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         tokens = jnp.take_along_axis(tokens, parent[..., None], axis=1).at[:, :, i].set(token)
-        done = jnp.take_along_axis(done, parent, axis=1) | (token == eos_id)
+        done = jnp.take_along_axis(done, parent, axis=1) | jnp.isin(token, jnp.asarray(eos_id))
         rows = (jnp.arange(batch)[:, None] * beams + parent).reshape(-1)
         cache = decoder.reorder(cache, rows)
         ones = jnp.ones((batch * beams, 1), jnp.int32)
@@ -301,7 +313,7 @@ def generate(
     prompts: dict[str, jax.Array],
     config: DecodeConfig,
     *,
-    eos_id: int | None,
+    eos_id: int | Sequence[int] | None,
 ) -> DecodeOutput:
     """Decodes `config.max_new_tokens` tokens after each prompt with the KV cache.
 
@@ -312,10 +324,17 @@ def generate(
       prompts: decoder-only: {"tokens", "segment_ids"} [B, P], left-padded (`left_pad`);
         encoder-decoder: {"encoder_inputs", "encoder_segment_ids"} [B, L].
       config: the strategy and its settings.
-      eos_id: the token that ends a row (None: always decode max_new_tokens).
+      eos_id: the token that ends a row, or several (Llama 3's <|end_of_text|> and
+        <|eot_id|>: any of them ends it); None: always decode max_new_tokens.
     """
     decoder = CachedDecoder(model, params, prompts)
     cache, logits, positions = _prefill(decoder, prompts, config)
-    eos = -1 if eos_id is None else eos_id  # -1 is never sampled: rows run to the end.
+    # -1 is never sampled: rows run to the end.
+    if eos_id is None:
+        eos: tuple[int, ...] = (-1,)
+    elif isinstance(eos_id, Sequence):
+        eos = tuple(int(i) for i in eos_id)
+    else:
+        eos = (int(eos_id),)
     loop = _beam_loop if config.strategy == "beam" else _sample_loop
     return loop(decoder, cache, logits, positions, config, eos)

@@ -17,6 +17,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import socket
 import sys
 from typing import Any
@@ -45,6 +46,92 @@ class WorkdirLockedError(RuntimeError):
 
 class ConfigChangeError(ConfigError):
     """The config differs from the workdir's saved one in fields its checkpoints depend on."""
+
+
+class WorkdirError(ConfigError):
+    """The workdir cannot hold a run: a file, not writable, or too little free disk space."""
+
+
+def read_saved_config(path: str, fix: str) -> dict[str, Any]:
+    """The JSON object of a workdir's `config.json` at `path`.
+
+    `fix`: what the user can do about a damaged file, appended to the message.
+
+    Raises:
+      ConfigError: the file is empty, not UTF-8, not JSON or not a JSON object (naming it).
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    problem = None
+    if not raw.strip():
+        problem = "is empty"
+    else:
+        try:
+            saved = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            problem = f"is not text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        except json.JSONDecodeError as e:
+            problem = f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        else:
+            if not isinstance(saved, dict):
+                problem = f"holds a JSON {type(saved).__name__}, not the config's object"
+    if problem:
+        raise ConfigError(f"{path} {problem}: the run's saved config is damaged. {fix}")
+    return saved
+
+
+def _existing_parent(path: str) -> str:
+    """`path` or its nearest ancestor that exists."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes in B, KiB, MiB, GiB or TiB, for messages."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}"
+
+
+def check_workdir(workdir: str, needed_bytes: int = 0) -> None:
+    """Checks, before anything is built, that `workdir` can hold a run: a directory (or one
+    that can be made), writable, with at least `needed_bytes` free on its disk (one
+    checkpoint's estimate; 0 skips the check).
+
+    Raises:
+      WorkdirError: naming --workdir, the problem and the figure.
+    """
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(
+            f"--workdir={workdir} is a file, not a directory: pass a directory (a new one is "
+            "created) or a training run's workdir."
+        )
+    existing = _existing_parent(workdir)
+    if not os.path.isdir(existing):
+        raise WorkdirError(
+            f"--workdir={workdir} cannot be created: {existing} is a file, not a directory."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkdirError(
+            f"--workdir={workdir}: {existing} is not writable by this user: pass a writable "
+            "--workdir."
+        )
+    if needed_bytes <= 0:
+        return
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise WorkdirError(
+            f"--workdir={workdir}: its disk has {format_bytes(free)} free, less than one "
+            f"checkpoint of this model needs ({format_bytes(needed_bytes)}, params + "
+            "optimizer state): free space on it, or pass a --workdir on another disk."
+        )
 
 
 class WorkdirLock:
@@ -157,6 +244,70 @@ def config_diff(saved: dict[str, Any], cfg: config_dict.ConfigDict) -> tuple[lis
     return structural, other
 
 
+# Model fields that change what a model computes without changing its parameter shapes (a
+# shape change is caught when the params load): params trained under other values are wrong.
+FUNCTION_MODEL_FIELDS = (
+    "activation",
+    "norm",
+    "norm_eps",
+    "norm_position",
+    "position",
+    "scale_attention_logits",
+    "scale_tied_logits",
+    "scale_embeddings",
+    "rope_theta",
+    "rope_scaling_factor",
+    "sliding_window",
+    "relative_attention_max_distance",
+)
+
+
+def init_from_diff(saved: dict[str, Any], cfg: config_dict.ConfigDict) -> list[str]:
+    """'field: saved X, now Y' for each model field of `FUNCTION_MODEL_FIELDS` and vocabulary
+    field (`VOCAB_FIELDS` but data.vocab_dataset, which fine-tuning sets to the pretraining
+    corpus) in which a `train.init_from` source's saved config differs from `cfg`."""
+    old = _flatten(saved)
+    new = _flatten(json.loads(config_lib.to_json(cfg)))
+    fields = [f"model.{f}" for f in FUNCTION_MODEL_FIELDS]
+    fields += [f for f in VOCAB_FIELDS if f != "data.vocab_dataset"]
+    return [
+        f"{field}: saved {old[field]!r}, now {new[field]!r}"
+        for field in fields
+        if field in old and field in new and old[field] != new[field]
+    ]
+
+
+def check_init_from_config(cfg: config_dict.ConfigDict, source_workdir: str) -> None:
+    """Refuses a `train.init_from` source whose config.json differs from `cfg` in fields that
+    change the model's function but not its shapes (or its vocabulary); with
+    `train.allow_config_change=True` a warning. A source without config.json is not compared.
+
+    Raises:
+      ConfigChangeError: naming the fields and their saved values.
+    """
+    path = os.path.join(source_workdir, "config.json")
+    if not os.path.isfile(path):
+        logging.warning("train.init_from %s has no config.json: its model is not compared.", path)
+        return
+    saved = read_saved_config(path, "Restore it, or point train.init_from at another workdir.")
+    lines = "; ".join(init_from_diff(saved, cfg))
+    if not lines:
+        return
+    if cfg.train.allow_config_change:
+        logging.warning(
+            "train.init_from=%s was trained with other model settings (%s); loading its params "
+            "anyway (train.allow_config_change=True).",
+            source_workdir,
+            lines,
+        )
+        return
+    raise ConfigChangeError(
+        f"train.init_from={source_workdir} was trained with other model settings ({lines}): "
+        "set them to the saved values, or pass --config.train.allow_config_change=True to "
+        "load its params anyway."
+    )
+
+
 def check_config_change(cfg: config_dict.ConfigDict, workdir: str) -> None:
     """Refuses to resume `workdir` with a config its checkpoints do not fit; logs other changes.
 
@@ -169,8 +320,11 @@ def check_config_change(cfg: config_dict.ConfigDict, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = read_saved_config(
+        path,
+        f"Restore it from a copy of the run, or pass a new --workdir; {workdir}/checkpoints/ "
+        "keeps the weights.",
+    )
     structural, other = config_diff(saved, cfg)
     if other:
         logging.info("Config changes since the last run in %s: %s", workdir, "; ".join(other))

@@ -9,13 +9,16 @@ default while parsing, so `--workdir` is read first and `--config` defined after
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
 from absl import flags
 
 from t5x_like.cli import ConfigFlag
+from t5x_like.errors import ConfigError
 from t5x_like.experiment.restore import checkpoint_dir
+from t5x_like.workdir import read_saved_config
 
 SAVED_RUN_CONFIG = os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "configs", "saved_run.py")
@@ -47,11 +50,19 @@ class WorkdirConfig:
         early(argv, known_only=True)
         default = None
         if early.workdir:
+            workdir = os.path.abspath(os.path.expanduser(early.workdir))
             try:
-                checkpoint_dir(early.workdir)
-            except FileNotFoundError as e:
+                checkpoint_dir(workdir)
+                if not any(re.match(r"^--?config=", a) for a in argv):
+                    # The default config is this file: a damaged one is named, in one line.
+                    read_saved_config(
+                        os.path.join(workdir, "config.json"),
+                        "Restore it from a copy of the run, or pass the run's config file "
+                        "with --config=configs/<file>.py and its --config.<field> overrides.",
+                    )
+            except (FileNotFoundError, ConfigError) as e:
                 sys.exit(f"Error: {e}")
-            default = f"{SAVED_RUN_CONFIG}:{os.path.abspath(os.path.expanduser(early.workdir))}"
+            default = f"{SAVED_RUN_CONFIG}:{workdir}"
         # List --workdir in the script's own --help (absl names the main module by argv[0]);
         # ConfigFlag lists --config there and makes a misspelt override a one-line error.
         flags.FLAGS.register_key_flag_for_module(argv[0], flags.FLAGS["workdir"])

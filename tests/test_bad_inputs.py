@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,10 +24,11 @@ import tensorflow_datasets as tfds
 from absl import flags
 from conftest import TEST_VOCAB_SIZE
 from etils import epath
-from testutil import REPO, tiny_config, tiny_t5_config
+from testutil import REPO, tiny_config, tiny_t5_config, tiny_train_args
 
 from t5x_like import cli
 from t5x_like import config as config_lib
+from t5x_like import workdir as workdir_lib
 from t5x_like.errors import ConfigError
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import evaluator, restore, validation
@@ -129,6 +131,13 @@ def _parse_flags(*args: str, config: str = DECODER_ONLY) -> Any:
     return holder.value
 
 
+def _config_file(env: Env, name: str, body: str) -> str:
+    """A config file `name` in the scratch space whose get_config runs `body`."""
+    path = env.root / name
+    path.write_text(f"def get_config():\n    {body}\n")
+    return str(path)
+
+
 @dataclasses.dataclass
 class Case:
     id: str
@@ -182,6 +191,28 @@ CASES = [
         lambda env: _parse_flags("--config.train.batch_size=8.5"),
         ConfigError,
         (r"--config.train.batch_size=8.5: invalid literal for int\(\)", r"same type"),
+    ),
+    # Config files that fail on their own.
+    Case(
+        "config_file_raising_an_error",
+        lambda env: _parse_flags(config=_config_file(env, "raises.py", "raise RuntimeError('x')")),
+        ConfigError,
+        (r"--config=.*raises.py: the config file failed with RuntimeError: x",),
+    ),
+    Case(
+        "config_file_raising_a_value_error",
+        lambda env: _parse_flags(config=_config_file(env, "bad_int.py", "return int('two')")),
+        ConfigError,
+        (r"--config=.*bad_int.py: the config file failed with ValueError: invalid literal",),
+    ),
+    Case(
+        "saved_run_config_of_a_directory_without_config_json",
+        lambda env: _parse_flags(config=f"{SAVED_RUN}:{env.root / 'no_run'}"),
+        ConfigError,
+        (
+            r"the config file failed with FileNotFoundError: .*no_run/config.json does not exist",
+            r"is not a training workdir",
+        ),
     ),
     # Unknown names.
     Case(
@@ -376,7 +407,7 @@ CASES = [
         "vocab_path_is_a_directory",
         lambda env: _build(env, **{"data.vocab_path": str(env.root)}),
         FileNotFoundError,
-        (r"SentencePiece model path .* is a directory", r"set data.vocab_path"),
+        (r"holds neither tokenizer.json nor tokenizer.model", r"set data.vocab_path"),
     ),
     Case(
         "corrupt_vocab_file",
@@ -571,3 +602,289 @@ def test_train_reports_a_config_error_found_after_parsing_in_one_line(env):
     env_vars = {**os.environ, "T5X_LIKE_TRACEBACK": "1"}
     loud = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env_vars)
     assert loud.returncode == 1 and "Traceback" in loud.stderr
+
+
+# -- Bad inputs to the scripts: each case runs the real script and reads its exit and stderr.
+
+TRAIN, EVAL, INFER = (str(REPO / "experiments" / f"{s}.py") for s in ("train", "eval", "infer"))
+SCRIPT_TIMEOUT_S = 300
+# At most this many scripts at once (each spends seconds importing JAX on a shared machine).
+PARALLEL = 4
+
+
+@dataclasses.dataclass
+class ScriptCase:
+    args: list[str]
+    stdin: bytes = b""
+    address_space_limit: int | None = None  # ulimit -v, in bytes.
+
+
+def _limit_address_space(limit: int | None) -> Callable[[], None] | None:
+    if limit is None:
+        return None
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _run_all(cases: dict[str, ScriptCase]) -> dict[str, subprocess.CompletedProcess]:
+    """Runs the cases, PARALLEL at a time; name -> its completed process (text output)."""
+    results: dict[str, subprocess.CompletedProcess] = {}
+    pending = list(cases.items())
+    running: dict[str, subprocess.Popen] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < PARALLEL:
+                name, case = pending.pop(0)
+                running[name] = subprocess.Popen(
+                    [sys.executable, *case.args],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=REPO,
+                    preexec_fn=_limit_address_space(case.address_space_limit),
+                )
+                running[name].stdin.write(case.stdin)
+                running[name].stdin.close()
+                running[name].stdin = None  # Written: communicate() has none to send.
+            name = next(iter(running))
+            proc = running.pop(name)
+            out, err = proc.communicate(timeout=SCRIPT_TIMEOUT_S)
+            results[name] = subprocess.CompletedProcess(
+                proc.args,
+                proc.returncode,
+                out.decode(errors="replace"),
+                err.decode(errors="replace"),
+            )
+    finally:
+        for proc in running.values():
+            proc.kill()
+            proc.wait()
+    return results
+
+
+def _saved_run(root: pathlib.Path, name: str, config_json: bytes | None, corpus_dir: str) -> str:
+    """A workdir with checkpoints/ and `config_json` (None: a valid corpus run's config)."""
+    workdir = root / name
+    (workdir / "checkpoints").mkdir(parents=True)
+    if config_json is None:
+        config_lib.save_config(_corpus(corpus_dir), str(workdir))
+    else:
+        (workdir / "config.json").write_bytes(config_json)
+    return str(workdir)
+
+
+EMPTY, BINARY = b"", bytes(range(256)) * 4
+
+
+@pytest.fixture(scope="module")
+def scripts(corpus_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every script case below, run once: case name -> the finished process."""
+    root = tmp_path_factory.mktemp("script_cases")
+    run = lambda name, data=None: _saved_run(root, name, data, corpus_dir)  # noqa: E731
+    prompts = run("prompts_run")
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (root / "malformed.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"\n')
+    (root / "not_object.jsonl").write_text('{"prompt": "a"}\n\n["b"]\n')
+    (root / "a_file").write_text("not a directory\n")
+
+    def train(workdir: Any, **fields: Any) -> list[str]:
+        return tiny_train_args(str(workdir), corpus_dir, 50, **fields)
+
+    cases = {
+        "empty_config_json_train": ScriptCase(train(run("train_empty", EMPTY))),
+        "binary_config_json_train": ScriptCase(train(run("train_binary", BINARY))),
+        "empty_config_json_eval": ScriptCase([EVAL, f"--workdir={run('eval_empty', EMPTY)}"]),
+        "binary_config_json_eval": ScriptCase([EVAL, f"--workdir={run('eval_bin', BINARY)}"]),
+        "empty_config_json_infer": ScriptCase(
+            [INFER, f"--workdir={run('infer_empty', EMPTY)}", "--prompt=x"]
+        ),
+        "binary_config_json_infer": ScriptCase(
+            [INFER, f"--workdir={run('infer_bin', BINARY)}", "--prompt=x"]
+        ),
+        "missing_config_file": ScriptCase(
+            [TRAIN, f"--workdir={root / 'w1'}", "--config=configs/no_such_config.py"]
+        ),
+        "unknown_t5_preset": ScriptCase(
+            [TRAIN, f"--workdir={root / 'w2'}", "--config=configs/t5.py:huge"]
+        ),
+        "unknown_decoder_only_preset": ScriptCase(
+            [TRAIN, f"--workdir={root / 'w3'}", "--config=configs/decoder_only.py:huge"]
+        ),
+        "vocab_size_overflowing_int32": ScriptCase(
+            train(root / "w4", **{"model.vocab_size": 3_000_000_000, "data.vocab_size": 256})
+        ),
+        "vocab_size_beyond_host_memory": ScriptCase(
+            train(root / "w5", **{"model.vocab_size": 200_000_000})
+        ),
+        "vocab_size_beyond_a_memory_cap": ScriptCase(
+            train(root / "w6", **{"model.vocab_size": 8_000_000, "model.d_model": 256}),
+            address_space_limit=6 * 2**30,
+        ),
+        "data_vocab_size_larger_than_the_corpus_can_train": ScriptCase(
+            train(root / "w7", **{"data.vocab_size": 100_000})
+        ),
+        "workdir_that_is_a_file": ScriptCase(train(root / "a_file")),
+        "prompts_file_with_non_utf8_bytes": ScriptCase(
+            [INFER, f"--workdir={prompts}", f"--prompts_file={root / 'latin1.txt'}"]
+        ),
+        "prompts_jsonl_with_a_malformed_line": ScriptCase(
+            [INFER, f"--workdir={prompts}", f"--prompts_file={root / 'malformed.jsonl'}"]
+        ),
+        "prompts_jsonl_with_a_non_object_line": ScriptCase(
+            [INFER, f"--workdir={prompts}", f"--prompts_file={root / 'not_object.jsonl'}"]
+        ),
+        "beam_length_penalty_nan": ScriptCase(
+            [INFER, f"--workdir={prompts}", "--prompt=x", "--strategy=beam", "--length_penalty=nan"]
+        ),
+    }
+    return _run_all(cases)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *patterns: str) -> str:
+    """The one error line of a failed script, checked to match every pattern."""
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(("ERROR", "Error", "FATAL", "error"))
+    ]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for pattern in patterns:
+        assert re.search(pattern, errors[0]), (pattern, errors[0])
+    return errors[0]
+
+
+@pytest.mark.parametrize("script", ["train", "eval", "infer"])
+def test_empty_config_json(scripts, script):
+    _one_line_error(
+        scripts[f"empty_config_json_{script}"],
+        rf"{script}_empty/config.json is empty",
+        r"Restore it from a copy of the run",
+    )
+
+
+@pytest.mark.parametrize("script", ["train", "eval", "infer"])
+def test_binary_config_json(scripts, script):
+    short = {"train": "train_binary", "eval": "eval_bin", "infer": "infer_bin"}[script]
+    _one_line_error(
+        scripts[f"binary_config_json_{script}"],
+        rf"{short}/config.json is not text \(byte 0x80 at offset 128\)",
+        r"saved config is damaged",
+    )
+
+
+def test_missing_config_file(scripts):
+    _one_line_error(
+        scripts["missing_config_file"],
+        r"--config=configs/no_such_config.py: the config file .*/configs/no_such_config.py "
+        r"does not exist",
+        r"Pass an existing file, e.g. --config=configs/decoder_only.py",
+    )
+
+
+def test_unknown_t5_preset(scripts):
+    _one_line_error(
+        scripts["unknown_t5_preset"],
+        r"--config=configs/t5.py:huge: unknown size 'huge'",
+        r"choose one of tiny, small, base",
+    )
+
+
+def test_unknown_decoder_only_preset(scripts):
+    _one_line_error(
+        scripts["unknown_decoder_only_preset"],
+        r"--config=configs/decoder_only.py:huge: unknown decoder-only size 'huge'",
+        r"choose one of tiny",
+    )
+
+
+def test_vocab_size_overflowing_int32(scripts):
+    _one_line_error(
+        scripts["vocab_size_overflowing_int32"],
+        r"model.vocab_size=3000000000 does not fit the int32 token ids \(at most 2147483647\)",
+        r"lower model.vocab_size",
+    )
+
+
+def test_vocab_size_beyond_host_memory(scripts):
+    # 200M x 256 float32 embedding rows (and the tied head) + two Adam moments.
+    _one_line_error(
+        scripts["vocab_size_beyond_host_memory"],
+        r"model.vocab_size=200000000, model.d_model=32, model.num_layers=1: the params "
+        r"\(23\.\d GiB\) and optimizer state \(47\.\d GiB\) need at least 71\.\d GiB per host",
+        r"this host has [\d.]+ GiB",
+        r"Lower model.vocab_size, model.d_model or model.num_layers",
+    )
+
+
+def test_vocab_size_beyond_a_memory_cap(scripts):
+    _one_line_error(
+        scripts["vocab_size_beyond_a_memory_cap"],
+        r"model.vocab_size=8000000, model.d_model=256, .* need at least 22\.\d GiB per host",
+        r"this host has 6\.0 GiB \(the address-space limit \(ulimit -v\)\)",
+    )
+
+
+def test_data_vocab_size_larger_than_the_corpus_can_train(scripts):
+    _one_line_error(
+        scripts["data_vocab_size_larger_than_the_corpus_can_train"],
+        r"Cannot train a 100000-piece SentencePiece model on \d+ lines",
+        r"data.vocab_size=100000 is more pieces than that text can make; set "
+        r"data.vocab_size <= \d+",
+    )
+
+
+def test_workdir_that_is_a_file(scripts):
+    _one_line_error(
+        scripts["workdir_that_is_a_file"],
+        r"--workdir=.*a_file is a file, not a directory: pass a directory",
+    )
+
+
+def test_disk_already_full_at_start(env, monkeypatch):
+    """No free byte where the workdir goes: refused before anything is built, with the
+    checkpoint's size. (A full filesystem needs root to mount; disk_usage reports one.)"""
+    full = shutil.disk_usage("/")._replace(free=0)
+    monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda path: full)
+    cfg = _corpus(env.corpus_dir)
+    params, opt_state = validation.state_bytes(cfg)
+    with pytest.raises(workdir_lib.WorkdirError) as info:
+        validation.check_before_training(cfg, str(env.root / "new_run"), 8, 1)
+    needed = workdir_lib.format_bytes(params + opt_state)
+    assert re.search(
+        rf"--workdir=.*new_run: its disk has 0.0 B free, less than one checkpoint of this "
+        rf"model needs \({re.escape(needed)}, params \+ optimizer state\): free space",
+        str(info.value),
+    ), str(info.value)
+    assert not (env.root / "new_run").exists()
+
+
+def test_prompts_file_with_non_utf8_bytes(scripts):
+    _one_line_error(
+        scripts["prompts_file_with_non_utf8_bytes"],
+        r"latin1.txt:1: not UTF-8 text \(byte 0xe9 at column 4\): save the prompts as UTF-8",
+    )
+
+
+def test_prompts_jsonl_with_a_malformed_line(scripts):
+    _one_line_error(
+        scripts["prompts_jsonl_with_a_malformed_line"],
+        r"malformed.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 15\)",
+        r'one object per line, e.g. \{"prompt": "..."\}',
+    )
+
+
+def test_prompts_jsonl_with_a_non_object_line(scripts):
+    _one_line_error(
+        scripts["prompts_jsonl_with_a_non_object_line"],
+        r"not_object.jsonl:3: an array, not a JSON object",
+    )
+
+
+def test_beam_length_penalty_nan(scripts):
+    _one_line_error(
+        scripts["beam_length_penalty_nan"],
+        r"length_penalty=nan must be a finite number >= 0",
+    )

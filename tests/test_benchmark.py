@@ -333,11 +333,15 @@ def test_dryrun_on_a_fake_16_device_mesh_says_whether_it_fits(tmp_path):
     assert estimate > r["params_bytes_per_device"] * 3 > 0
     assert r["verdict"] == "FITS" and _table_value(proc.stdout, "verdict") == "FITS"
 
-    tight = tmp_path / "tight.json"
     budget = 0.9 * estimate / GIB
+    workdir = tmp_path / "results"
     proc = _run(
-        ["--mode=dryrun", "--dryrun_devices=16", f"--device_memory_gib={budget}", f"--out={tight}"]
-    )
+        ["--mode=dryrun", "--dryrun_devices=16", f"--device_memory_gib={budget}",
+         f"--workdir={workdir}"]
+    )  # fmt: skip
+    # Without --out, the file is named with the mesh and device count (reruns on other meshes
+    # keep their own).
+    [tight] = workdir.glob("*_dryrun_d16f1t1_16dev.json")
     r = json.loads(tight.read_text())
     assert r["memory_estimate_bytes_per_device"] == estimate  # Same program, same figure.
     assert r["verdict"] == "DOES NOT FIT"

@@ -200,7 +200,15 @@ def _config_commands(saved_workdir: str) -> dict[str, tuple[list[str], object]]:
 
 def test_print_config_and_help_config_for_every_config_file(saved_workdir):
     commands = _config_commands(saved_workdir)
-    assert set(commands) == {"benchmark", "decoder_only", "saved_run", "t5", "t5_finetune"}
+    assert set(commands) == {
+        "benchmark",
+        "decoder_only",
+        "encoder_only",
+        "encoder_only_finetune",
+        "saved_run",
+        "t5",
+        "t5_finetune",
+    }
     runs = {name: args for name, (args, _) in commands.items()}
     runs.update({f"help {name}": [*args[:-2], "--help_config"] for name, args in runs.items()})
     runs["help sweep"] = [str(REPO / "experiments" / "sweep.py"), "--help_config"]

@@ -3,6 +3,7 @@ writing JSONL, and reproducible sampling."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -130,3 +131,152 @@ def test_infer_script_errors_are_clear(t5_run, tmp_path):
     assert proc.returncode != 0 and "No prompts" in proc.stderr
     proc = _infer(str(tmp_path / "missing"), "--prompt=x")
     assert proc.returncode != 0 and "does not exist" in proc.stderr
+
+
+# -- The script's prompt sources and limits, each run once (concurrently) on the fixtures.
+
+LONG_PROMPT = " ".join(["The list type holds values in order."] * 12)  # Far over 32 tokens.
+
+
+@pytest.fixture(scope="module")
+def script_runs(gpt_run, t5_run, tmp_path_factory):
+    """case -> (the finished infer.py process, its JSONL output path)."""
+    out = tmp_path_factory.mktemp("infer_out")
+    cases = {
+        # Two prompts on stdin, greedy at temperature 0.
+        "stdin": (
+            gpt_run,
+            ["--prompts_file=-", "--temperature=0", "--max_new_tokens=4"],
+            b"The list type\n\nReturn the value\n",
+        ),
+        "interactive": (
+            gpt_run,
+            ["--interactive", "--max_new_tokens=4"],
+            b"The list type\nReturn the value\n\xff bad line\nA module\n",
+        ),
+        "too_long": (t5_run, [f"--prompt={LONG_PROMPT}", "--max_new_tokens=4"], b""),
+        "truncated_beam": (
+            t5_run,
+            [
+                f"--prompt={LONG_PROMPT}",
+                "--prompt=Return the value.",
+                "--truncate_prompts=right",
+                "--strategy=beam",
+                "--num_beams=2",
+                "--max_new_tokens=4",
+            ],
+            b"",
+        ),
+    }
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = {}
+    try:
+        for name, (workdir, args, stdin) in cases.items():
+            command = [sys.executable, str(REPO / "experiments" / "infer.py")]
+            command += [f"--workdir={workdir}", f"--output={out / name}.jsonl", *args]
+            procs[name] = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            procs[name].stdin.write(stdin)  # A few bytes: the pipe holds them all.
+            procs[name].stdin.close()
+            procs[name].stdin = None
+        results = {}
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=600)
+            results[name] = (
+                subprocess.CompletedProcess(
+                    proc.args, proc.returncode, stdout.decode(), stderr.decode()
+                ),
+                out / f"{name}.jsonl",
+            )
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def _strict_jsonl(path) -> list[dict]:
+    """The records of a JSONL file, refusing NaN and Infinity (not JSON)."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def _reference(workdir, prompts, **decode):
+    """generate_text in this process: what the script must have written."""
+    run = restore.restore_run(load_config("saved_run", workdir), workdir, devices=jax.devices()[:1])
+    return generate_text(run, prompts, decoding.DecodeConfig(**decode))
+
+
+def test_prompts_from_stdin(script_runs, gpt_run):
+    proc, output = script_runs["stdin"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _strict_jsonl(output)
+    assert [r["prompt"] for r in records] == ["The list type", "Return the value"]
+    expected = _reference(gpt_run, ["The list type", "Return the value"], max_new_tokens=4)
+    assert [r["tokens"] for r in records] == [r["tokens"] for r in expected]
+
+
+def test_temperature_zero_with_greedy_is_accepted(script_runs):
+    proc, output = script_runs["stdin"]  # Ran with --temperature=0 and the greedy default.
+    assert proc.returncode == 0 and "temperature" not in proc.stderr, proc.stderr[-3000:]
+    assert "Wrote 2 results" in proc.stdout
+    with pytest.raises(ValueError, match=r"temperature=0.0 must be a finite number > 0 for"):
+        decoding.DecodeConfig(strategy="sample", temperature=0.0)
+
+
+def test_interactive_mode_prints_each_completion_until_eof(script_runs, gpt_run):
+    proc, output = script_runs["interactive"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prompts = ["The list type", "Return the value", "A module"]
+    expected = _reference(gpt_run, prompts, max_new_tokens=4)
+    # One completion per line, in order; the undecodable line is reported and skipped.
+    assert proc.stdout.splitlines() == [r["output"] for r in expected]
+    assert "Error: <stdin>:3: not UTF-8 text (byte 0xff at column 1)" in proc.stderr
+    assert [r["tokens"] for r in _strict_jsonl(output)] == [r["tokens"] for r in expected]
+
+
+def test_prompt_longer_than_the_context_is_an_error(script_runs):
+    proc, _ = script_runs["too_long"]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert re.search(
+        r"Prompt 1 has \d+ tokens, more than the 32 tokens the model takes \(data.inputs_len\)"
+        r": shorten it, or pass --truncate_prompts=left .* or --truncate_prompts=right",
+        errors[0],
+    ), errors[0]
+
+
+def test_prompt_longer_than_the_context_truncated_with_a_warning(script_runs, t5_run):
+    proc, output = script_runs["truncated_beam"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(
+        r"Prompt 1 has \d+ tokens, more than the 32 tokens the model takes "
+        r"\(data.inputs_len\): kept its first 31 tokens \(--truncate_prompts=right\)",
+        proc.stderr,
+    ), proc.stderr[-3000:]
+    records = _strict_jsonl(output)  # Beam scores: finite numbers or null, never NaN.
+    assert [r["prompt"] for r in records] == [LONG_PROMPT, "Return the value."]
+    run = restore.restore_run(load_config("saved_run", t5_run), t5_run, devices=jax.devices()[:1])
+    vocab = run.exp.vocab
+    kept = vocab.decode(vocab.encode_with_sentinels(LONG_PROMPT)[:31])
+    expected = generate_text(
+        run,
+        [kept, "Return the value."],
+        decoding.DecodeConfig(strategy="beam", num_beams=2, max_new_tokens=4),
+    )
+    assert [r["tokens"] for r in records] == [r["tokens"] for r in expected]
+
+
+def test_beam_length_penalty_nan_is_rejected():
+    with pytest.raises(ValueError, match=r"length_penalty=nan must be a finite number >= 0"):
+        decoding.DecodeConfig(strategy="beam", length_penalty=float("nan"))

@@ -1,7 +1,6 @@
 """Scanned <-> unscanned layouts: exact conversion of params and Adam state, and a trained
 checkpoint converted with experiments/convert_checkpoint.py gives the same logits and resumes."""
 
-import importlib.util
 import json
 import os
 
@@ -9,7 +8,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from testutil import REPO, synthetic_batch, synthetic_encdec_batch, tiny_config, tiny_t5_config
+from testutil import (
+    load_script,
+    synthetic_batch,
+    synthetic_encdec_batch,
+    tiny_config,
+    tiny_t5_config,
+)
 
 from t5x_like import checkpointing, layout, models
 from t5x_like.experiment import assembly as experiment
@@ -19,12 +24,7 @@ from t5x_like.training.metrics_writer import read_metrics
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO / "experiments" / "convert_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_checkpoint")
 
 
 def _logits(cfg, params, batch):

@@ -6,6 +6,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -23,6 +24,18 @@ def load_config(name: str = "decoder_only", arg: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config() if arg is None else module.get_config(arg)
+
+
+def load_script(name: str):
+    """experiments/<name>.py as a module, loaded once per process: a script defines absl flags,
+    which a second load would define twice."""
+    key = f"experiments_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "experiments" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
 
 
 def _shrink(cfg, overrides):

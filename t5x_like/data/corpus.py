@@ -6,7 +6,10 @@ downloaded. The train/validation split is decided by a SHA-256 of each document'
 does not depend on import order, PYTHONHASHSEED or the machine; only on the Python version.
 
     builder = EmbeddedCorpus(data_dir=..., file_format="array_record")
-    builder.download_and_prepare()
+    prepare_quietly(builder)  # or builder.download_and_prepare()
+
+The embedded builders (`LocalBuilder`) say what they do in one log line, not with TFDS's
+"Downloading and preparing dataset" banner and progress bars: they download nothing.
 """
 
 import hashlib
@@ -18,7 +21,9 @@ import tempfile
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from t5x_like.data import stdlib_docs
 
@@ -71,7 +76,33 @@ def collect_documents() -> list[str]:
     return [r["text"] for r in collect_records()]
 
 
-class EmbeddedCorpus(tfds.core.GeneratorBasedBuilder):
+class LocalBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder whose data is on this machine: TFDS's download banners (printed to stdout,
+    "Downloading and preparing dataset ...") become one INFO line each."""
+
+    def _log_download_bytes(self) -> None:
+        logging.info(
+            "Building %s under %s from text shipped with Python (nothing is downloaded).",
+            self.name,
+            self.data_dir,
+        )
+
+    def _log_download_done(self) -> None:
+        logging.info("Built %s in %s.", self.name, self.data_dir)
+
+
+def prepare_quietly(builder: tfds.core.DatasetBuilder) -> None:
+    """`builder.download_and_prepare()` without TFDS's progress bars (a second of local work
+    drawn as several bars), restoring the bars' setting afterwards."""
+    shown = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(shown)
+
+
+class EmbeddedCorpus(LocalBuilder):
     """English prose bundled with CPython, split into train and validation by text hash."""
 
     name = NAME
@@ -122,4 +153,4 @@ def build(data_dir: str, documents: list[str] | None = None) -> None:
     `docstrings.build_all`).
     """
     builder = EmbeddedCorpus(data_dir=data_dir, file_format="array_record", documents=documents)
-    builder.download_and_prepare()
+    prepare_quietly(builder)

@@ -98,7 +98,7 @@ def to_examples(records: list[dict[str, str]]) -> list[dict[str, str]]:
     return examples
 
 
-class DocstringsDataset(tfds.core.GeneratorBasedBuilder):
+class DocstringsDataset(corpus.LocalBuilder):
     """Stdlib docstrings and pydoc topics with summary, body, kind and module."""
 
     name = NAME
@@ -149,7 +149,7 @@ class DocstringsDataset(tfds.core.GeneratorBasedBuilder):
 def build(data_dir: str, records: list[dict[str, str]] | None = None) -> None:
     """Prepares the dataset as array_record under `data_dir` (a no-op when already there)."""
     builder = DocstringsDataset(data_dir=data_dir, file_format="array_record", records=records)
-    builder.download_and_prepare()
+    corpus.prepare_quietly(builder)
 
 
 def build_all(data_dir: str) -> None:

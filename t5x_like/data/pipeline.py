@@ -15,6 +15,14 @@ The task (`tasks.Task`; causal LM when none is given) decides the examples and t
   seq2seq          one example per record from its inputs_key / targets_key features.
                    Encoder-decoder batches: `ENCDEC_KEYS` (`packing.py`), [batch_size,
                    inputs_len] for the encoder_* keys, [batch_size, targets_len] for the rest.
+  mlm              masked-LM (BERT) rows of seq_len (`mlm.py`): [CLS] chunk [SEP] or sentence
+                   pairs, 15% of the tokens selected; `mlm.ROW_KEYS` (+ nsp_label [B, 1]).
+  sft              one example per prompt/completion record (`sft.py`): `KEYS` rows of
+                   seq_len whose weights cover the completion (and its EOS) only.
+  classification, token_classification, question_answering
+                   encoder-only fine-tuning rows of seq_len (`finetune.py`) from labelled
+                   examples with label ids (`finetune.load_split(...).encoded()`), one padded
+                   row each (a QA example: one per window); never packed.
 
 Randomised tasks draw from a seed per document (grain's random map over the record stream, see
 `preprocessors.SeedDocument`), so batches depend only on the arguments. The train iterator is a
@@ -33,7 +41,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from t5x_like.data import packing, preprocessors, span_corruption
+from t5x_like.data import finetune, mlm, packing, preprocessors, sft, span_corruption
 from t5x_like.data.tasks import Task
 
 KEYS = packing.KEYS
@@ -105,6 +113,12 @@ def _examples(docs: grain.MapDataset, vocab: Any, task: Task, seed: int) -> grai
             inputs_prefix=task.inputs_prefix,
         )
         return docs.map(make).to_iter_dataset(_READ_OPTIONS)
+    if task.name == "mlm":
+        return mlm.examples(docs, vocab, task, seed, _READ_OPTIONS)
+    if task.name == "sft":
+        return sft.examples(docs, vocab, task, _READ_OPTIONS)
+    if task.name in finetune.TASK_KINDS:
+        return finetune.examples(docs, vocab, task, _READ_OPTIONS)
     if task.name == "causal_lm":
         tokens = docs.map(preprocessors.TokenizeText(vocab, task.text_key))
         chunks = preprocessors.CausalLMChunks(task.seq_len)

@@ -11,7 +11,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from t5x_like.data import corpus, docstrings
+from t5x_like.data import corpus, docstrings, jsonl
 
 # Datasets built from the Python installation itself: name -> build(data_dir).
 EMBEDDED_DATASETS = {corpus.NAME: corpus.build, docstrings.NAME: docstrings.build}
@@ -92,7 +92,8 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
     Args:
       name: a TFDS name, optionally with config and version (`"lm1b"`, `"c4/en:3.0.1"`).
         The embedded datasets (`EMBEDDED_DATASETS`) are built under `data_dir` first if they
-        are not there yet.
+        are not there yet. A `.jsonl` file or a directory of `<split>.jsonl` files is read
+        as JSONL instead (`jsonl.open_jsonl`).
       data_dir: TFDS data dir; None means TFDS's default.
 
     Raises:
@@ -100,6 +101,8 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
         the message says how to prepare it.
       ValueError: it is prepared in a format without random access (e.g. tfrecord).
     """
+    if jsonl.is_jsonl_dataset(name):  # The user's own files (`jsonl.py`): no TFDS involved.
+        return jsonl.open_jsonl(name)
     data_dir = resolve_data_dir(data_dir)
     build = EMBEDDED_DATASETS.get(name.split(":")[0])  # With or without a version.
     if build is not None:

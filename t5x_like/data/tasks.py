@@ -5,7 +5,8 @@
 
 `causal_lm` rows are decoder-only (`pipeline.KEYS`, length `seq_len`); `span_corruption`,
 `prefix_lm` and `seq2seq` rows are encoder-decoder (`packing.ENCDEC_KEYS`, lengths `inputs_len`
-and `targets_len`). Every inconsistency is a `ValueError` naming the `data.<field>` to change.
+and `targets_len`); `mlm` rows are encoder-only (`mlm.ROW_KEYS`, length `seq_len`). Every
+inconsistency is a `ValueError` naming the `data.<field>` to change.
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from t5x_like.data import packing, span_corruption
+from t5x_like.data import finetune, mlm, packing, sft, span_corruption
 
 
 def _is_int(x: Any) -> bool:
@@ -35,6 +36,14 @@ class Task:
       text_key: the records' text feature (causal_lm, span_corruption, prefix_lm).
       inputs_key, targets_key: the records' two text features (seq2seq).
       inputs_prefix: text put before every seq2seq input, e.g. "summarize: ".
+      mlm_probability, whole_word_masking, sentence_pair: masked LM (`mlm.py`): the fraction
+        of tokens selected, whether whole words are, and the sentence-pair objective
+        (none, nsp, sop).
+      prompt_key, completion_key, sft_too_long: supervised fine-tuning (`sft.py`): the records'
+        prompt and completion features, and what to do with an example longer than seq_len
+        (error, truncate, drop).
+      doc_stride, max_query_len: question_answering (`qa_features.py`): context tokens
+        between window starts, and the question's most tokens.
     """
 
     name: str = "causal_lm"
@@ -47,6 +56,14 @@ class Task:
     inputs_key: str = "inputs"
     targets_key: str = "targets"
     inputs_prefix: str = ""
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    sentence_pair: str = "none"
+    prompt_key: str = "prompt"
+    completion_key: str = "completion"
+    sft_too_long: str = "error"
+    doc_stride: int = 32
+    max_query_len: int = 64
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
@@ -72,6 +89,12 @@ class Task:
             raise ValueError(f"data.inputs_prefix must be a string, got {self.inputs_prefix!r}.")
         if self.name == "causal_lm":
             self._check_length("seq_len", 2, "a token and the next one to predict")
+        elif self.name == "mlm":
+            self._check_mlm()
+        elif self.name == "sft":
+            self._check_sft()
+        elif self.name in finetune.TASK_KINDS:
+            finetune.check_task(self)
         else:
             self._check_length("inputs_len", 1, "one encoder token")
             self._check_length("targets_len", 2, "one target token and EOS")
@@ -88,6 +111,34 @@ class Task:
             raise ValueError(
                 f"data.{field} must be at least {minimum} for data.task={self.name!r} "
                 f"({why}), got {value!r}."
+            )
+
+    def _check_mlm(self) -> None:
+        rate = self.mlm_probability
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            raise ValueError(
+                f"data.mlm_probability={rate!r} must be in (0, 1): the fraction of tokens "
+                "masked-LM selects (BERT uses 0.15)."
+            )
+        if self.sentence_pair not in mlm.SENTENCE_PAIRS:
+            raise ValueError(
+                f"data.sentence_pair={self.sentence_pair!r} is not supported; choose one of "
+                f"{mlm.SENTENCE_PAIRS}."
+            )
+        if self.sentence_pair == "none":
+            self._check_length("seq_len", 3, "[CLS], a token and [SEP]")
+        else:
+            self._check_length("seq_len", 5, "[CLS] a [SEP] b [SEP]")
+
+    def _check_sft(self) -> None:
+        self._check_length("seq_len", 2, "a prompt or completion token and EOS")
+        for field in ("prompt_key", "completion_key"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"data.{field} must be a non-empty string, got {value!r}.")
+        if self.sft_too_long not in sft.TOO_LONG:
+            raise ValueError(
+                f"data.sft_too_long={self.sft_too_long!r} must be one of {sft.TOO_LONG}."
             )
 
     def _check_span_corruption(self) -> None:
@@ -133,7 +184,8 @@ class Task:
     ) -> dict[str, np.ndarray]:
         """Rows of `features` from (tokens, segment_ids, positions) of each side ("decoder":
         the targets; "encoder": the encoder inputs), rows [L] or batches [B, L]."""
-        return self.rows.features_from_sides(sides)
+        rows = self.rows.features_from_sides(sides)
+        return {k: v for k, v in rows.items() if k in self.features}
 
     def to_rows(self, examples: Any, **packing_args: Any) -> Any:
         """The task's examples (a grain IterDataset) as rows of `features`: packed or padded
@@ -205,6 +257,13 @@ class _SequenceRows(RowLayout):
         return packing.to_rows(examples, task.seq_len, **packing_args)
 
 
+class _SFTRows(_SequenceRows):
+    """Causal-LM rows whose `weights` cover the completions only (`sft.to_rows`)."""
+
+    def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
+        return sft.to_rows(examples, task.seq_len, **packing_args)
+
+
 class _PairedRows(RowLayout):
     """An input sequence and a target sequence per row (`packing.ENCDEC_KEYS`),
     `data.inputs_len` and `data.targets_len` long."""
@@ -226,12 +285,49 @@ class _PairedRows(RowLayout):
         return packing.encdec_to_rows(examples, task.inputs_len, task.targets_len, **packing_args)
 
 
-SEQUENCE_ROWS, PAIRED_ROWS = _SequenceRows(), _PairedRows()
+class _EncoderRows(RowLayout):
+    """Encoder-only masked-LM rows (`mlm.ROW_KEYS`, plus `nsp_label` [1] with sentence pairs),
+    `data.seq_len` long."""
+
+    def features(self, task: Task) -> dict[str, int]:
+        return mlm.row_features(task.seq_len, task.sentence_pair)
+
+    def longest_row(self, task: Task) -> tuple[int, str]:
+        return task.seq_len, "data.seq_len"
+
+    def features_from_sides(self, sides: dict[str, Any]) -> dict[str, np.ndarray]:
+        # With an nsp_label; Task.features_from_sides keeps it only if the task has pairs.
+        return mlm.features_from_sides(sides, "nsp")
+
+    def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
+        return mlm.to_rows(examples, task.seq_len, task.sentence_pair, **packing_args)
+
+
+class _FinetuneRows(RowLayout):
+    """Encoder-only fine-tuning rows (`finetune.row_features`), `data.seq_len` long, one
+    labelled example each (a QA example: one per window); never packed."""
+
+    def features(self, task: Task) -> dict[str, int]:
+        return finetune.row_features(task)
+
+    def longest_row(self, task: Task) -> tuple[int, str]:
+        return task.seq_len, "data.seq_len"
+
+    def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
+        return examples  # finetune.examples already makes padded rows.
+
+
+SEQUENCE_ROWS, PAIRED_ROWS, ENCODER_ROWS = _SequenceRows(), _PairedRows(), _EncoderRows()
 # The row layout of each task: a new task names its layout here (or adds one above).
 TASK_ROWS: dict[str, RowLayout] = {
     "causal_lm": SEQUENCE_ROWS,
     "span_corruption": PAIRED_ROWS,
     "prefix_lm": PAIRED_ROWS,
     "seq2seq": PAIRED_ROWS,
+    "mlm": ENCODER_ROWS,
+    "sft": _SFTRows(),
+    "classification": _FinetuneRows(),
+    "token_classification": _FinetuneRows(),
+    "question_answering": _FinetuneRows(),
 }
 TASKS = tuple(TASK_ROWS)

@@ -2,7 +2,8 @@
 
 Ids: pad 0, eos 1, unk 2, no bos (T5's convention; the pad id doubles as the causal LM's
 start token). `extra_ids` sentinel ids are appended after the SentencePiece pieces, T5-style:
-sentinel i has id `vocab_size - 1 - i`. Like T5's vocabulary, the default normalisation
+sentinel i has id `vocab_size - 1 - i`; the encoder-only rows take the first three as [CLS],
+[SEP] and [MASK]. Like T5's vocabulary, the default normalisation
 (nmt_nfkc) folds runs of whitespace, newlines included, into one space.
 """
 
@@ -18,10 +19,16 @@ import sentencepiece as spm
 from absl import logging
 from etils import epath
 
+from t5x_like.data import tokenizers
+from t5x_like.errors import ConfigError
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
 
+# The encoder-only (BERT) special tokens: extra ids 0, 1, 2 (`cls_id`, `sep_id`, `mask_id`), so
+# a vocabulary's pieces and ids stay as the other tasks (and cached vocabularies) have them.
+ENCODER_SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
 # Enough text for a few-thousand-piece vocabulary while keeping training to seconds.
 DEFAULT_MAX_TRAIN_CHARS = 5_000_000
 _SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
@@ -101,6 +108,49 @@ class SentencePieceVocab:
         return UNK_ID
 
     @property
+    def bos_id(self) -> None:
+        """No BOS (T5's convention): decoder-only prompts start with the pad id."""
+        return None
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation (t5x_like.data.tokenizers.Tokenizer)."""
+        return (EOS_ID,)
+
+    def id_to_piece(self, i: int) -> str:
+        """The piece of id `i` (sentinels as <extra_id_j>)."""
+        if self.sp_vocab_size <= i < self.vocab_size:
+            return f"<extra_id_{self.vocab_size - 1 - i}>"
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(f"Id {i} is outside the vocabulary's {self.vocab_size} ids.")
+        return self._sp.id_to_piece(int(i))
+
+    def _encoder_special(self, index: int) -> int:
+        if self.extra_ids < len(ENCODER_SPECIAL_TOKENS):
+            raise ValueError(
+                f"data.extra_ids={self.extra_ids}: the encoder-only rows' "
+                f"{', '.join(ENCODER_SPECIAL_TOKENS)} are the vocabulary's first "
+                f"{len(ENCODER_SPECIAL_TOKENS)} extra ids; set data.extra_ids >= "
+                f"{len(ENCODER_SPECIAL_TOKENS)}."
+            )
+        return self.extra_id(index)
+
+    @property
+    def cls_id(self) -> int:
+        """[CLS] (encoder-only rows): extra id 0, the top id."""
+        return self._encoder_special(0)
+
+    @property
+    def sep_id(self) -> int:
+        """[SEP] (encoder-only rows): extra id 1."""
+        return self._encoder_special(1)
+
+    @property
+    def mask_id(self) -> int:
+        """[MASK] (masked-LM inputs): extra id 2."""
+        return self._encoder_special(2)
+
+    @property
     def model_proto(self) -> bytes:
         """The serialized SentencePiece model."""
         return self._proto
@@ -163,6 +213,27 @@ class SentencePieceVocab:
         return "".join(pieces)
 
 
+def load_tokenizer(path: str, *, extra_ids: int = 0) -> Any:
+    """The tokenizer at `path` (t5x_like.data.tokenizers.Tokenizer): a Hugging Face model
+    directory, `tokenizer.json` or non-T5 SentencePiece model (e.g. LLaMA's) as
+    `tokenizers.open_model_tokenizer` opens it; else our own SentencePiece `.model`, with
+    `extra_ids` sentinels.
+
+    Raises:
+      FileNotFoundError / ValueError: one line naming the missing or bad file, or extra_ids
+        asked of a tokenizer without sentinels.
+    """
+    tokenizer = tokenizers.open_model_tokenizer(path, (PAD_ID, EOS_ID, UNK_ID, -1))
+    if tokenizer is None:
+        return SentencePieceVocab.load(path, extra_ids=extra_ids)
+    if extra_ids:
+        raise ValueError(
+            f"data.extra_ids={extra_ids}: T5 sentinels exist only in our own SentencePiece "
+            f"vocabularies, not in {tokenizer.path}; set data.extra_ids=0."
+        )
+    return tokenizer
+
+
 def vocab_cache_path(data_dir: str, dataset_name: str, vocab_size: int, split: str) -> str:
     """Where a vocabulary trained on `dataset_name` is cached under `data_dir`."""
     suffix = "" if split == "train" else f"_{split}"
@@ -213,12 +284,26 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, max_chars: int
             minloglevel=2,
         )
     except RuntimeError as e:
-        n_chars = sum(len(s) for s in sentences)
-        raise ValueError(
-            f"Cannot train a {vocab_size}-piece SentencePiece model on {len(sentences)} lines "
-            f"({n_chars} characters): {e}"
-        ) from e
+        raise _training_error(e, vocab_size, sentences) from e
     return model.getvalue()
+
+
+def _training_error(error: RuntimeError, vocab_size: int, sentences: list[str]) -> ConfigError:
+    """SentencePiece's training error as one line naming data.vocab_size and its bound."""
+    text = f"{len(sentences)} lines ({sum(len(s) for s in sentences)} characters)"
+    # SentencePiece prefixes its message with its source location: keep the message alone.
+    detail = re.sub(r"^\w+: \S+\(\d+\) \[[^\]]*\] ", "", str(error).strip())
+    bound = re.search(r"value <= (\d+)", detail)
+    what = f"Cannot train a {vocab_size}-piece SentencePiece model on {text}"
+    if bound:
+        return ConfigError(
+            f"{what}: data.vocab_size={vocab_size} is more pieces than that text can make; set "
+            f"data.vocab_size <= {bound.group(1)}, or train the vocabulary on more text "
+            "(data.vocab_dataset)."
+        )
+    return ConfigError(
+        f"{what} ({detail}): change data.vocab_size, or the text it trains on (data.vocab_dataset)."
+    )
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -270,7 +355,17 @@ def load_or_train_vocab(
         or `vocab_size` does not suit the text (too large or too small).
     """
     if model_path:
-        return SentencePieceVocab.load(model_path, extra_ids=extra_ids)
+        # Ours, or a Hugging Face model's tokenizer (tokenizer.json, a LLaMA tokenizer.model or
+        # a model directory, as a converted checkpoint's workdir carries).
+        try:
+            return load_tokenizer(model_path, extra_ids=extra_ids)
+        except (FileNotFoundError, ValueError) as e:
+            if "data.vocab_path" in str(e):
+                raise
+            raise type(e)(
+                f"data.vocab_path={model_path!r}: {e} Or set data.vocab_path to a SentencePiece "
+                ".model, a tokenizer.json or a model directory holding one."
+            ) from e
 
     # Imported here: loading a given model needs no TFDS.
     from t5x_like.data import sources

@@ -2,7 +2,8 @@
 
 `accuracy` compares strings as they are (the text-to-text classification metric); `exact_match`
 compares them after SQuAD-style normalisation (case, punctuation, articles, whitespace); `bleu`
-is sacrebleu's corpus BLEU with its default 13a tokenisation. All are percentages in [0, 100].
+is sacrebleu's corpus BLEU with its default 13a tokenisation. All are fractions in [0, 1], the
+unit of every rate this codebase logs (token accuracy, MFU): BLEU 0.273 is sacrebleu's 27.3.
 """
 
 import re
@@ -31,30 +32,31 @@ def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> Non
 
 
 def accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Percent of predictions equal to their reference (surrounding whitespace ignored)."""
+    """Fraction of predictions equal to their reference (surrounding whitespace ignored)."""
     _check_lengths(predictions, references)
     hits = sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True))
-    return 100.0 * hits / len(predictions)
+    return hits / len(predictions)
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Percent of predictions equal to their reference after `normalize_answer`."""
+    """Fraction of predictions equal to their reference after `normalize_answer`."""
     _check_lengths(predictions, references)
     hits = sum(
         normalize_answer(p) == normalize_answer(r)
         for p, r in zip(predictions, references, strict=True)
     )
-    return 100.0 * hits / len(predictions)
+    return hits / len(predictions)
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """sacrebleu corpus BLEU of the predictions against one reference each."""
+    """sacrebleu corpus BLEU of the predictions against one reference each, as a fraction
+    (sacrebleu's score / 100)."""
     _check_lengths(predictions, references)
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score) / 100.0
 
 
 def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """accuracy, exact_match and bleu of the predictions."""
+    """accuracy, exact_match and bleu of the predictions, fractions in [0, 1]."""
     return {
         "accuracy": accuracy(predictions, references),
         "exact_match": exact_match(predictions, references),

@@ -14,9 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from ml_collections import config_dict
 
 from t5x_like import checkpointing, models, partitioning
+from t5x_like import config as config_lib
 from t5x_like.errors import ConfigError
 from t5x_like.experiment import validation
 from t5x_like.layers.config import TransformerConfig
@@ -54,6 +56,22 @@ def _resolve_vocab_size(cfg: config_dict.ConfigDict, vocab_size: int) -> None:
             )
 
 
+def _resolve_num_labels(cfg: config_dict.ConfigDict, labels: tuple[str, ...]) -> None:
+    """Sets model.num_labels to the size of the fine-tuning label set (when the config leaves
+    the schema's default) or checks that it equals it; QA (no label set) changes nothing."""
+    if not labels or cfg.model.num_labels == len(labels):
+        return
+    default = next(f.default for f in config_lib.SCHEMA["model"] if f.name == "num_labels")
+    if cfg.model.num_labels != default:
+        raise ConfigError(
+            f"model.num_labels={cfg.model.num_labels} but the data has {len(labels)} labels "
+            f"{list(labels)}: set model.num_labels={len(labels)} (or leave it unset)."
+        )
+    with cfg.unlocked():
+        cfg.model.num_labels = len(labels)
+    logging.info("model.num_labels=%d from the label set %s.", len(labels), list(labels))
+
+
 def build_experiment(
     cfg: config_dict.ConfigDict,
     devices: list[jax.Device] | None = None,
@@ -66,15 +84,20 @@ def build_experiment(
     (default: the train split, and the eval split when train.eval_every > 0).
     """
     # Imported here: TFDS is only needed once there is data to read.
-    from t5x_like.data import sources
+    from t5x_like.data import finetune, sources
     from t5x_like.data import vocab as vocab_lib
 
     devices = list(jax.devices() if devices is None else devices)
     mesh_shape = validation.validate_config(cfg, len(devices), jax.process_count())
     data = cfg.data
-    splits = sources.prepare_dataset(data.dataset, data.data_dir)
     if splits_needed is None:
         splits_needed = (data.train_split,) + ((data.eval_split,) if cfg.train.eval_every else ())
+    if data.task in finetune.TASK_KINDS:
+        # Labelled examples (a built-in task, the user's files or TFDS), one label set.
+        splits = finetune.prepare_splits(data, splits_needed)
+        _resolve_num_labels(cfg, splits.labels)
+    else:
+        splits = sources.prepare_dataset(data.dataset, data.data_dir)
     for split in splits_needed:
         if split not in splits:
             raise ConfigError(
@@ -135,9 +158,7 @@ def assemble_experiment(
         raise ConfigError("model.vocab_size must be set when no vocabulary is given.")
     family = models.get(cfg.model.family)
     model = family.build(cfg.model)
-    tx, schedule = optimizers.make_optimizer(
-        cfg.optimizer, cfg.train.steps, cfg.train.nan_policy
-    )
+    tx, schedule = optimizers.make_optimizer(cfg.optimizer, cfg.train.steps, cfg.train.nan_policy)
     return Experiment(
         cfg=cfg,
         mesh=mesh,

@@ -23,7 +23,7 @@ from ml_collections import config_dict
 from t5x_like import config as config_lib
 from t5x_like import models, partitioning
 from t5x_like.experiment import assembly as experiment
-from t5x_like.experiment import decode_eval, restore
+from t5x_like.experiment import decode_eval, restore, task_eval
 
 
 def eval_config(
@@ -147,6 +147,9 @@ def evaluate_checkpoint(
     examples: list[dict[str, str]] = []
     with partitioning.activate(exp.mesh, exp.rules):
         metrics = experiment.evaluate(exp, eval_step, params)
+        if task_eval.applies(exp):  # Fine-tuning: the task's metrics, e.g. task_accuracy.
+            predict = task_eval.jit_predict(exp, run.param_shardings)
+            metrics.update(task_eval.evaluate(exp, predict, params))
         if cfg.train.decode_batches:
             decode_fn = decode_eval.jit_decode(exp, run.param_shardings)
             scores, examples = decode_eval.evaluate_decodes(exp, decode_fn, params)

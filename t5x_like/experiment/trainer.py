@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from typing import Any
 
@@ -19,10 +20,10 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, host_memory, partitioning
+from t5x_like import checkpointing, host_memory, partitioning, watchdog
 from t5x_like import config as config_lib
 from t5x_like import workdir as workdir_lib
-from t5x_like.experiment import decode_eval, restore
+from t5x_like.experiment import decode_eval, restore, task_eval
 from t5x_like.experiment.assembly import (
     Experiment,
     build_experiment,
@@ -37,6 +38,10 @@ from t5x_like.training.compilation import compile_count, enable_compilation_cach
 from t5x_like.training.metrics_writer import MetricsWriter
 from t5x_like.training.train_state import TrainState
 
+# A progress line at least this often, whatever train.log_every is (a slow or loaded machine
+# could otherwise print nothing for minutes).
+PROGRESS_EVERY_S = 30.0
+
 
 class _Throughput:
     """Tokens/s and MFU over the interval since the last reset."""
@@ -48,16 +53,39 @@ class _Throughput:
         self.reset()
 
     def reset(self) -> None:
-        self.start = time.perf_counter()
+        # Called right after each log line (train interval, eval, first step).
+        self.start = self.last_line = time.perf_counter()
         self.steps = 0
 
+    def progress_due(self) -> bool:
+        """Whether PROGRESS_EVERY_S have passed since the last line of any kind."""
+        return self.steps > 0 and time.perf_counter() - self.last_line >= PROGRESS_EVERY_S
+
+    def log_progress(self, done: int, total: int, metrics: Any) -> None:
+        """A progress line between train.log_every intervals (speed since the last log line,
+        ETA); waits for step `done` so that the line never runs ahead of the device."""
+        jax.block_until_ready(metrics)
+        now = time.perf_counter()
+        steps_per_sec = self.steps / max(now - self.start, 1e-9)
+        logging.info(
+            "step %d/%d (in progress: %.3g steps/s, %.0f tokens/s since the last log line) "
+            "ETA %.0fs",
+            done,
+            total,
+            steps_per_sec,
+            steps_per_sec * self.tokens_per_step,
+            (total - done) / steps_per_sec if steps_per_sec else math.nan,
+        )
+        self.last_line = now
+
     def report(self) -> dict[str, float]:
+        """steps/s, tokens/s, achieved model FLOP/s and MFU (`mfu_invalid` above 100%)."""
         seconds = max(time.perf_counter() - self.start, 1e-9)
         tokens_per_sec = self.steps * self.tokens_per_step / seconds
         return {
             "steps_per_sec": self.steps / seconds,
             "tokens_per_sec": tokens_per_sec,
-            "mfu": tokens_per_sec * self.flops_per_token / self.peak,
+            **flops.mfu_metrics(tokens_per_sec, self.flops_per_token, self.peak),
         }
 
 
@@ -71,9 +99,12 @@ def _summarize_train(fetched: list[dict[str, Any]]) -> dict[str, float]:
 
 def _log_train(done: int, total: int, metrics: dict[str, float], writer: MetricsWriter) -> None:
     eta = (total - done) / metrics["steps_per_sec"] if metrics.get("steps_per_sec") else math.nan
+    # MFU as a fraction, like every rate in every sink. Above 1 (mfu_invalid) it is a wrong
+    # peak, warned about once (training/flops.py): never shown as a result.
+    mfu = "invalid" if "mfu_invalid" in metrics else f"{metrics.get('mfu', math.nan):.4f}"
     logging.info(
         "step %d/%d loss %.4f acc %.3f ppl %.2f grad_norm %.3f lr %.2e | %.0f tokens/s "
-        "MFU %.1f%% ETA %.0fs",
+        "%.3g FLOP/s mfu %s ETA %.0fs",
         done,
         total,
         metrics["loss"],
@@ -82,7 +113,8 @@ def _log_train(done: int, total: int, metrics: dict[str, float], writer: Metrics
         metrics["grad_norm"],
         metrics["learning_rate"],
         metrics.get("tokens_per_sec", math.nan),
-        100 * metrics.get("mfu", math.nan),
+        metrics.get("model_flops_per_sec", math.nan),
+        mfu,
         eta,
     )
     writer.write(done, "train", metrics)
@@ -94,29 +126,96 @@ def _init_from_pretrained(exp: Experiment, state: TrainState, abstract_params: A
     directory = restore.init_from_dir(train_cfg.init_from, train_cfg.init_step)
     source = checkpointing.Checkpointer(directory, read_only=True)
     try:
-        params = source.restore_params(train_cfg.init_step, abstract_params)
+        # The params both models have (encoder, embeddings); a new head keeps its fresh init.
+        loaded, names, new = source.restore_shared_params(train_cfg.init_step, abstract_params)
     finally:
         source.close()
-    logging.info("Initialised params from %s (optimizer state fresh).", directory)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: loaded.get("/".join(partitioning.path_names(path)), x), state.params
+    )
+    logging.info(
+        "Initialised params from %s (optimizer state fresh): %d loaded (%s); %d new, "
+        "initialised fresh (%s).",
+        directory,
+        len(names),
+        ", ".join(names),
+        len(new),
+        ", ".join(new) or "none",
+    )
     return state.replace(params=params)
 
 
 def _restore_or_init(
     exp: Experiment, checkpointer: checkpointing.Checkpointer, train_iter: Any
-) -> TrainState:
-    """The newest readable checkpoint's state (iterator repositioned; unreadable newer ones are
-    moved aside), else a fresh sharded init whose params come from `train.init_from` when set
-    (fine-tuning)."""
+) -> tuple[TrainState, int | None]:
+    """(state, the checkpoint step it was restored from or None): the newest readable
+    checkpoint's state (iterator repositioned; unreadable newer ones are moved aside), else a
+    fresh sharded init whose params come from `train.init_from` when set (fine-tuning)."""
     abstract_state, shardings = state_shardings(exp)
     restored = checkpointer.restore_latest(abstract_state, train_iter)
     if restored is not None:
         step, state = restored
         logging.info("Resumed from %s/%d.", checkpointer.directory, step)
-        return state
+        return state, step
     state = init_state(exp, shardings)
     if exp.cfg.train.init_from:
         state = _init_from_pretrained(exp, state, abstract_state.params)
-    return state
+    return state, None
+
+
+def _first_step(
+    exp: Experiment,
+    checkpointer: checkpointing.Checkpointer,
+    train_iter: Any,
+    jit_train: Any,
+    state: TrainState,
+    restored_from: int | None,
+    abstract_state: TrainState | None,
+) -> tuple[int, TrainState, Any]:
+    """(the step it started from, the state after it, its metrics) of the run's first step.
+
+    A restored state whose first step is not finite is suspect (damage the checksums cannot
+    see, or a state saved by an older version): the checkpoint before it is tried, and the
+    suspect one is moved aside only once that older one's first step is finite. When both
+    fail, the cause is the data or the settings, not the checkpoints: nothing is moved.
+    `restored_from`: the checkpoint step of a restored `state` (None for a fresh one);
+    `abstract_state`: where a restore lands.
+    """
+    step = int(jax.device_get(state.step))
+    batch = partitioning.global_batch(next(train_iter), exp.batch_sharding)
+    state, metrics = jit_train(state, batch)
+    if restored_from is None or nan_guard.is_finite(jax.device_get(metrics)):
+        return step, state, metrics
+    step = restored_from
+    directory = checkpointer.directory
+    logging.warning(
+        "The state restored from %s/%d gives a non-finite step %d; trying the checkpoint "
+        "before it.",
+        directory,
+        step,
+        step + 1,
+    )
+    older = checkpointer.restore_latest(abstract_state, train_iter, below=step)
+    if older is None:
+        raise nan_guard.NonFiniteError(
+            f"The state restored from {directory}/{step} gives a non-finite loss on its first "
+            f"step (step {step + 1}) and there is no older checkpoint to try; nothing was moved. "
+            "Check the data and the optimizer settings (optimizer.learning_rate), or start "
+            "afresh in a new --workdir."
+        )
+    older_step, older_state = older
+    new_state, metrics = jit_train(
+        older_state, partitioning.global_batch(next(train_iter), exp.batch_sharding)
+    )
+    if not nan_guard.is_finite(jax.device_get(metrics)):
+        raise nan_guard.NonFiniteError(
+            f"The states of {directory}/{step} and of the checkpoint before it "
+            f"({directory}/{older_step}) both give a non-finite loss on their first step, so "
+            "the cause is the data or the settings, not the checkpoints; nothing was moved. "
+            "Lower optimizer.learning_rate (or set optimizer.grad_clip_norm) and relaunch."
+        )
+    checkpointer.move_aside(step, f"its state gives a non-finite step {step + 1}")
+    return older_step, new_state, metrics
 
 
 def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
@@ -125,7 +224,7 @@ def _describe_model(exp: Experiment, state: TrainState) -> _Throughput:
     cfg, task = exp.cfg, exp.task
     row_tokens = exp.family.tokens_per_row(task)
     flops_per_token = exp.family.train_flops_per_token(state.params, exp.model_config, task)
-    peak, peak_source = flops.peak_flops(cfg.model.dtype)
+    peak, peak_source = flops.peak_flops(cfg.model.dtype, given=cfg.train.get("peak_flops"))
     logging.info(
         "Model: %s parameters, %.3g train FLOPs/token; peak %.3g FLOP/s (%s).",
         f"{flops.param_count(state.params):,}",
@@ -146,6 +245,8 @@ def _eval_and_log(
 ) -> dict[str, float]:
     """Teacher-forced metrics, plus decoded-text metrics when train.decode_batches > 0."""
     metrics = evaluate(exp, steps["eval"], state.params)
+    if "task" in steps:  # Fine-tuning: the task's metrics (experiment/task_eval.py).
+        metrics.update(task_eval.evaluate(exp, steps["task"], state.params))
     if "decode" in steps:
         scores, examples = decode_eval.evaluate_decodes(exp, steps["decode"], state.params)
         metrics.update(scores)
@@ -182,8 +283,11 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if cfg.train.init_from and not _has_checkpoints(workdir):
-        # A fine-tuning source that cannot be read fails here, before anything compiles.
-        restore.init_from_dir(cfg.train.init_from, cfg.train.init_step)
+        # A fine-tuning source that cannot be read, or whose model computes another function,
+        # fails here, before anything compiles.
+        source = restore.init_from_dir(cfg.train.init_from, cfg.train.init_step)
+        nested = os.path.basename(source) == "checkpoints"
+        workdir_lib.check_init_from_config(cfg, os.path.dirname(source) if nested else source)
     enable_compilation_cache(cfg.train.compilation_cache_dir)
     exp = build_experiment(cfg)
     logging.info("Resolved config:\n%s", config_lib.to_json(cfg))
@@ -205,12 +309,15 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
             max_to_keep=train_cfg.max_to_keep,
             async_save=train_cfg.async_checkpoint,
         )
-        # Closed however the run ends: pending async saves finish and no writer thread is left.
-        try:
-            with preemption.PreemptionGuard() as stop_signal:
-                return _train_loop(exp, checkpointer, workdir, stop_signal)
-        finally:
-            checkpointer.close()
+        host = f"host {socket.gethostname()} process {jax.process_index()}/{jax.process_count()}"
+        watch = watchdog.Watchdog(train_cfg.watchdog_s, host=host, dump_dir=workdir)
+        with watch, preemption.PreemptionGuard() as stop_signal:
+            # Closed however the run ends: pending saves finish, no writer thread is left.
+            try:
+                return _train_loop(exp, checkpointer, workdir, stop_signal, watch)
+            finally:
+                watch.set_phase("the wait for the last checkpoint save")
+                checkpointer.close()
 
 
 class _Progress:
@@ -243,9 +350,15 @@ class _Progress:
         return records
 
     def save(self, step: int, state: TrainState, train_iter: Any) -> None:
-        """Checkpoints `state` (the state after `step`) once its steps are known finite."""
-        self.fetch_and_check()
-        self.checkpointer.save(step, state, train_iter)
+        """Checkpoints `state` (the state after `step`) once its steps are known finite, with
+        the metrics of the steps no log line has covered yet."""
+        records = self.fetch_and_check()
+        self.checkpointer.save(step, state, train_iter, unlogged_metrics=records)
+
+    def restore_unlogged(self, step: int) -> None:
+        """Takes up the unlogged steps saved with checkpoint `step`: the next log interval
+        covers the same steps as it would have without the interruption."""
+        self.pending = list(self.checkpointer.unlogged_metrics(step))
 
 
 def _log_interval(
@@ -280,11 +393,21 @@ def _log_interval(
 
 def _stop_early(
     progress: _Progress, state: TrainState, train_iter: Any, step: int, signal_name: str
-) -> None:
-    """After a stop signal: checkpoint `step` (unless it has one) and wait until it is on disk."""
+) -> dict[str, float]:
+    """After a stop signal: checkpoint `step` (unless it has one) with the steps since the last
+    log line, wait until it is on disk, and show (not write) their means: the resumed run
+    writes the interval as a whole. Returns those means."""
     checkpointer = progress.checkpointer
     progress.save(step, state, train_iter)
     checkpointer.wait_until_finished()
+    finite = [m for _, m in progress.fetch_and_check() if nan_guard.is_finite(m)]
+    progress.pending = []
+    metrics = _summarize_train(finite) if finite else {}
+    if metrics:
+        logging.info(
+            "steps since the last log (written with the interval after the resume): loss %.4f",
+            metrics["loss"],
+        )
     logging.warning(
         "Stopped by %s after step %d of %d; checkpoint %s/%d is on disk. Relaunch the same "
         "command to resume from it.",
@@ -294,6 +417,7 @@ def _stop_early(
         checkpointer.directory,
         step,
     )
+    return metrics
 
 
 def _train_loop(
@@ -301,11 +425,12 @@ def _train_loop(
     checkpointer: checkpointing.Checkpointer,
     workdir: str,
     stop_signal: preemption.PreemptionGuard,
+    watch: watchdog.Watchdog,
 ) -> dict[str, Any]:
     """Restores or initialises the state, then trains, logs, evaluates and checkpoints."""
     train_cfg = exp.cfg.train
     train_iter = make_train_iterator(exp)
-    state = _restore_or_init(exp, checkpointer, train_iter)
+    state, restored_from = _restore_or_init(exp, checkpointer, train_iter)
     # Only now is the resume accepted (the state and the data position restored): a refused
     # or failed one leaves the workdir's config.json as the checkpoints' config.
     if jax.process_index() == 0:
@@ -317,49 +442,67 @@ def _train_loop(
     eval_steps = {"eval": jit_eval}
     if train_cfg.decode_batches:
         eval_steps["decode"] = decode_eval.jit_decode(exp, state_shards.params)
+    if task_eval.applies(exp):
+        eval_steps["task"] = task_eval.jit_predict(exp, state_shards.params)
     progress = _Progress(exp, checkpointer, workdir)
     result: dict[str, Any] = {"start_step": start_step, "train": {}, "eval": {}}
     run_start = time.perf_counter()
+    # Built outside the mesh context: where a fallback restore lands (see _first_step).
+    abstract_state = state_shardings(exp)[0] if restored_from is not None else None
 
     with partitioning.activate(exp.mesh, exp.rules):
         if start_step == 0 and train_cfg.eval_every and train_cfg.eval_at_start:
             result["eval"] = _eval_and_log(exp, eval_steps, state, 0, progress.writer, workdir)
-        for step in range(start_step, train_cfg.steps):
-            if step == start_step and stop_signal.should_stop(step):
-                # Signalled while restoring or compiling: nothing new to save.
-                logging.warning("Stopped by %s before step %d.", stop_signal.reason, step + 1)
-                result["stopped"] = {"step": step, "signal": stop_signal.reason}
-                break
-            batch = partitioning.global_batch(next(train_iter), exp.batch_sharding)
-            state, metrics = jit_train(state, batch)
-            done = step + 1
+        step = start_step
+        while step < train_cfg.steps:
             if step == start_step:
+                if stop_signal.should_stop(step):
+                    # Signalled while restoring or compiling: nothing new to save.
+                    logging.warning("Stopped by %s before step %d.", stop_signal.reason, step + 1)
+                    result["stopped"] = {"step": step, "signal": stop_signal.reason}
+                    break
+                step, state, metrics = _first_step(
+                    exp, checkpointer, train_iter, jit_train, state, restored_from, abstract_state
+                )
+                start_step = result["start_step"] = step
+                if restored_from is not None:
+                    progress.restore_unlogged(step)
                 # The first step includes compilation: report it, keep it out of throughput.
                 jax.block_until_ready(metrics)
                 logging.info(
                     "First step took %.1fs (compilation included).", time.perf_counter() - run_start
                 )
                 throughput.reset()
+                watch.arm()  # Later steps, evals and saves must not take a compile's time.
             else:
+                watch.set_phase("train step", step + 1)
+                batch = partitioning.global_batch(next(train_iter), exp.batch_sharding)
+                state, metrics = jit_train(state, batch)
                 throughput.steps += 1
+            step = done = step + 1
             progress.pending.append((done, metrics))
             checkpointer.check_for_errors()  # A failed background save stops the run here.
-            stopping = stop_signal.should_stop(done)
-            if stopping or _due(done, train_cfg.log_every, train_cfg.steps):
+            if _due(done, train_cfg.log_every, train_cfg.steps):
                 result["train"] = _log_interval(
                     progress, state, throughput, done, with_throughput=done > start_step + 1
                 )
-            if stopping:
-                _stop_early(progress, state, train_iter, done, stop_signal.reason)
+            elif throughput.progress_due():
+                throughput.log_progress(done, train_cfg.steps, metrics)
+            if stop_signal.should_stop(done):
+                with watch.phase("the checkpoint save after a stop signal", done):
+                    shown = _stop_early(progress, state, train_iter, done, stop_signal.reason)
+                result["train"] = shown or result["train"]
                 result["stopped"] = {"step": done, "signal": stop_signal.reason}
                 break
             if _due(done, train_cfg.eval_every, train_cfg.steps):
-                result["eval"] = _eval_and_log(
-                    exp, eval_steps, state, done, progress.writer, workdir
-                )
+                with watch.phase("evaluation", done):
+                    result["eval"] = _eval_and_log(
+                        exp, eval_steps, state, done, progress.writer, workdir
+                    )
                 throughput.reset()
             if _due(done, train_cfg.checkpoint_every, train_cfg.steps):
-                progress.save(done, state, train_iter)
+                with watch.phase("checkpoint save", done):
+                    progress.save(done, state, train_iter)
     progress.writer.close()
     if "stopped" not in result:
         logging.info(

@@ -8,13 +8,28 @@ to each other, to the model family, the data task, the device mesh and the proce
 from __future__ import annotations
 
 import math
+import os
+import resource
 from typing import Any
+
+import flax.linen as nn
+import jax
 
 from t5x_like import config as config_lib
 from t5x_like import models, partitioning
+from t5x_like import workdir as workdir_lib
 from t5x_like.config import MESH_AXES
 from t5x_like.data import sharded_iterator, tasks
 from t5x_like.errors import ConfigError
+from t5x_like.training import optimizers
+
+# Token ids are int32 everywhere (batches, embedding lookups, decoding).
+MAX_VOCAB_SIZE = 2**31 - 1
+# A model whose rough size (embeddings + dense layers, float32, with two Adam moments) is
+# below this fraction of the memory limit is not counted exactly (that traces its init).
+_EXACT_COUNT_FRACTION = 0.02
+# cgroup v2 and v1 memory limits of this process's container.
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -182,6 +197,131 @@ def _check_head_sharding(cfg: Any, mesh: dict[str, int]) -> None:
         )
 
 
+def _model_vocab_size(cfg: Any) -> int | None:
+    """model.vocab_size, or the size a vocabulary trained to data.vocab_size resolves it to
+    (rounded up to 128); None when only a vocabulary file would tell."""
+    if cfg.model.vocab_size is not None:
+        return cfg.model.vocab_size
+    if cfg.data.vocab_path is not None or not cfg.data.vocab_size:
+        return None
+    return -(-(cfg.data.vocab_size + (cfg.data.extra_ids or 0)) // 128) * 128
+
+
+def state_bytes(cfg: Any) -> tuple[int, int] | None:
+    """(params, optimizer state) bytes of the model and optimizer `cfg` describes, counted
+    from shapes alone (nothing is allocated or compiled); None when the vocabulary size is
+    known only from a vocabulary file. Call on a config `validate_config` accepted."""
+    vocab_size = _model_vocab_size(cfg)
+    if vocab_size is None:
+        return None
+    family = models.get(cfg.model.family)
+    module = family.build({**cfg.model.to_dict(), "vocab_size": vocab_size})
+    boxed = jax.eval_shape(lambda rng: family.init_params(module, rng, 1), jax.random.PRNGKey(0))
+    params = nn.unbox(boxed)
+    tx, _ = optimizers.make_optimizer(cfg.optimizer, cfg.train.steps, cfg.train.nan_policy)
+    opt_state = jax.eval_shape(tx.init, params)
+
+    def nbytes(tree: Any) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    return nbytes(params), nbytes(opt_state)
+
+
+def host_memory_limit() -> tuple[int, str]:
+    """(bytes, what sets them): the least of this host's RAM, the container's cgroup memory
+    limit and the process's address-space limit (ulimit -v)."""
+    limits = [(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the host's RAM")]
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append((int(text), f"the cgroup memory limit ({path})"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append((soft, "the address-space limit (ulimit -v)"))
+    return min(limits)
+
+
+def _device_memory_limit() -> tuple[int, str] | None:
+    """(bytes, platform) of one accelerator of this process; None on CPU (host memory)."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return None
+    stats = device.memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return (int(limit), device.platform) if limit else None
+
+
+def _rough_state_bytes(m: Any, vocab_size: int) -> float:
+    """A quick guess of the float32 state with two Adam moments (embeddings + dense layers),
+    to skip the exact count for models far from any limit."""
+    mlp_dim = m.mlp_dim or 4 * m.d_model
+    dense = m.num_layers * (4 * m.d_model**2 + 3 * m.d_model * mlp_dim)
+    return 3 * 4 * (vocab_size * m.d_model + dense)
+
+
+def _check_vocab_ids(cfg: Any) -> None:
+    vocab_size = _model_vocab_size(cfg)
+    _require(
+        vocab_size is None or vocab_size <= MAX_VOCAB_SIZE,
+        f"model.vocab_size={vocab_size} does not fit the int32 token ids (at most "
+        f"{MAX_VOCAB_SIZE}): lower model.vocab_size (or data.vocab_size).",
+    )
+
+
+def check_memory(cfg: Any, device_count: int, process_count: int = 1) -> None:
+    """Refuses a model whose params and optimizer state cannot fit this run's memory even
+    fully sharded: per host when the devices are CPUs (they share its memory), else per
+    accelerator. Activations and compilation need more on top: passing promises nothing.
+
+    Raises:
+      ConfigError: with the figures (needed and available) and the fields to lower.
+    """
+    m = cfg.model
+    vocab_size = _model_vocab_size(cfg)
+    if vocab_size is None:
+        return
+    fmt = workdir_lib.format_bytes
+    device = _device_memory_limit()
+    if device is None:
+        limit, source = host_memory_limit()
+        share, unit, what = process_count, "host", f"this host has {fmt(limit)} ({source})"
+    else:
+        limit, platform = device
+        share, unit, what = device_count, "device", f"a {platform} device has {fmt(limit)}"
+    if _rough_state_bytes(m, vocab_size) / share < _EXACT_COUNT_FRACTION * limit:
+        return
+    counted = state_bytes(cfg)
+    assert counted is not None
+    params, opt_state = counted
+    needed = (params + opt_state) / share
+    _require(
+        needed <= limit,
+        f"model.vocab_size={vocab_size}, model.d_model={m.d_model}, model.num_layers="
+        f"{m.num_layers}: the params ({fmt(params)}) and optimizer state ({fmt(opt_state)}) "
+        f"need at least {fmt(needed)} per {unit} even split over {share} {unit}(s), but "
+        f"{what}. Lower model.vocab_size, model.d_model or model.num_layers, or run on more "
+        f"{unit}s.",
+    )
+
+
+def check_before_training(cfg: Any, workdir: str, device_count: int, process_count: int) -> None:
+    """What a training run checks before it builds anything: the config (`validate_config`),
+    params and optimizer state that can fit memory (`check_memory`), and a workdir that is a
+    directory, writable, with room for one checkpoint.
+
+    Raises:
+      ConfigError: naming the field or --workdir, the figure and the fix.
+    """
+    validate_config(cfg, device_count, process_count)
+    check_memory(cfg, device_count, process_count)
+    counted = state_bytes(cfg)
+    workdir_lib.check_workdir(workdir, sum(counted) if counted else 0)
+
+
 def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict[str, int]:
     """Checks `cfg` for this run's devices; returns the resolved mesh shape.
 
@@ -209,4 +349,5 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
     mesh = resolve_mesh_shape(cfg.mesh, device_count)
     _check_batch(cfg, mesh, process_count)
     _check_head_sharding(cfg, mesh)
+    _check_vocab_ids(cfg)
     return mesh

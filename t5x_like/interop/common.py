@@ -141,21 +141,47 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _unreadable(path: str | os.PathLike, what: str, error: BaseException) -> ValueError:
+    """One line naming a checkpoint file that cannot be read, and what to do about it."""
+    detail = " ".join(str(error).split()) or type(error).__name__
+    return ValueError(
+        f"{path}: not a readable {what} ({detail}); the file is truncated or damaged: "
+        "download or export the checkpoint again."
+    )
+
+
 def read_safetensors(path: str | os.PathLike) -> StateDict:
-    """All tensors of a `.safetensors` file as numpy arrays (bfloat16 via ml_dtypes)."""
+    """All tensors of a `.safetensors` file as numpy arrays (bfloat16 via ml_dtypes).
+
+    Raises:
+      ValueError: naming the file, when it is truncated or not safetensors.
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
         return dict(load_file(str(path)))
     except TypeError:  # "data type 'bfloat16' not understood"
         return _read_safetensors_raw(path)
+    except SafetensorError as e:
+        raise _unreadable(path, ".safetensors file", e) from e
 
 
 def _read_safetensors_raw(path: str | os.PathLike) -> StateDict:
     # The format: 8-byte little-endian header size, a JSON header, then the raw tensor bytes.
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
+        if size < 8 or 8 + header_size > size:
+            raise _unreadable(path, ".safetensors file", EOFError("header past the end"))
+        try:
+            header = json.loads(f.read(header_size))
+        except ValueError as e:  # JSON or UTF-8
+            raise _unreadable(path, ".safetensors file", e) from e
+    tensors = [info for key, info in header.items() if key != "__metadata__"]
+    end = max((info["data_offsets"][1] for info in tensors), default=0)
+    if 8 + header_size + end > size:
+        raise _unreadable(path, ".safetensors file", EOFError("tensor data past the end"))
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
     state = {}
     for key, info in header.items():
@@ -208,7 +234,7 @@ def load_state_dict(source: Source) -> StateDict:
     if path.is_dir():
         index = path / "model.safetensors.index.json"
         if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = sorted(set(_read_json(index)["weight_map"].values()))
             state: StateDict = {}
             for shard in shards:
                 state.update(read_safetensors(path / shard))
@@ -239,7 +265,18 @@ def read_hf_config(source: Any) -> dict[str, Any]:
     path = pathlib.Path(source)
     if path.is_dir():
         path = path / "config.json"
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    """The JSON object of `path`; ValueError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as e:  # JSON or UTF-8
+        raise _unreadable(path, "JSON file", e) from e
+    if not isinstance(value, dict):
+        raise _unreadable(path, "JSON file", TypeError(f"a {type(value).__name__}, not an object"))
+    return value
 
 
 def _raise_mismatch(

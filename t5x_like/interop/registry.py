@@ -14,11 +14,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from t5x_like.interop import gpt2, llama, t5
+from t5x_like.interop import bert, gemma, gpt2, llama, mistral, qwen2, qwen3, t5
 from t5x_like.interop.common import read_hf_config
 from t5x_like.interop.family import Family
 
-FAMILIES: Mapping[str, Family] = {"t5": t5.T5, "gpt2": gpt2.GPT2, "llama": llama.LLAMA}
+FAMILIES: Mapping[str, Family] = {
+    "t5": t5.T5,
+    "gpt2": gpt2.GPT2,
+    "llama": llama.LLAMA,
+    "mistral": mistral.MISTRAL,
+    "qwen2": qwen2.QWEN2,
+    "qwen3": qwen3.QWEN3,
+    "gemma": gemma.GEMMA,
+    # The masked-LM tables; bert.family_for_hf picks the table of a checkpoint's architecture.
+    "bert": bert.BERT,
+    "roberta": bert.ROBERTA,
+}
 _BY_MODEL_TYPE = {
     model_type: family for family in FAMILIES.values() for model_type in family.model_types
 }

@@ -15,6 +15,7 @@ from jax.ad_checkpoint import checkpoint_name
 from t5x_like.layers import xla_cpu
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import apply_rope
+from t5x_like.layers.initializers import logical_init
 from t5x_like.layers.linear import dense
 
 # checkpoint_name tags of the Q/K/V projection outputs, for the "save_qkv_proj" remat policy.
@@ -36,6 +37,14 @@ def make_attention_mask(
         tq, tk = q_segment_ids.shape[1], kv_segment_ids.shape[1]
         mask = mask & (jnp.arange(tq)[:, None] >= jnp.arange(tk)[None, :])[None]
     return mask[:, None, :, :]
+
+
+def sliding_window_mask(q_positions: jax.Array, kv_positions: jax.Array, window: int) -> jax.Array:
+    """Boolean mask [B, 1, Tq, Tk]: keys fewer than `window` positions from the query (Mistral's
+    sliding window: a token sees itself and window - 1 earlier ones). By position, so packed
+    documents and the decoding cache (whose slots carry their tokens' positions) get it too."""
+    distance = q_positions[:, :, None] - kv_positions[:, None, :]
+    return (jnp.abs(distance) < window)[:, None, :, :]
 
 
 def default_segments_and_positions(
@@ -125,8 +134,22 @@ class Attention(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         features, axes = (heads, cfg.qkv_dim), ("embed", head_axis, "kv")
-        y = dense(cfg, features, axes, name, init_scale=init_scale)(x)
+        use_bias = cfg.use_bias or cfg.qkv_bias
+        y = dense(cfg, features, axes, name, use_bias=use_bias, init_scale=init_scale)(x)
         return checkpoint_name(y, f"{name}_proj")  # Named for remat policies.
+
+    def _head_norm(self, x: jax.Array, name: str) -> jax.Array:
+        """With `qk_norm`, RMSNorm over each head's features (Qwen3's q_norm / k_norm)."""
+        cfg = self.config
+        if not cfg.qk_norm:
+            return x
+        return nn.RMSNorm(
+            epsilon=cfg.norm_eps,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.weight_dtype,
+            scale_init=logical_init(nn.initializers.ones, ("kv",)),
+            name=name,
+        )(x)
 
     def _keys_values(
         self, kv_input: jax.Array | None, kv_positions: jax.Array | None
@@ -141,8 +164,9 @@ class Attention(nn.Module):
             return _from_cache_layout(k), _from_cache_layout(v)
         k = self._project(kv_input, cfg.kv_heads, "kv_heads", "key")
         v = self._project(kv_input, cfg.kv_heads, "kv_heads", "value")
+        k = self._head_norm(k, "key_norm")
         if self.use_rope:
-            k = apply_rope(k, kv_positions, cfg.rope_theta)
+            k = apply_rope(k, kv_positions, cfg.rope_theta, cfg.rope_scaling)
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
         if not self.decode:
@@ -182,8 +206,9 @@ class Attention(nn.Module):
         # Unscaled logits (T5): the 1/sqrt(head_dim) goes into the query init, as in T5X.
         query_scale = 1.0 if cfg.scale_attention_logits else 1.0 / cfg.qkv_dim
         q = self._project(x, cfg.num_heads, "heads", "query", init_scale=query_scale)
+        q = self._head_norm(q, "query_norm")
         if self.use_rope:
-            q = apply_rope(q, q_positions, cfg.rope_theta)
+            q = apply_rope(q, q_positions, cfg.rope_theta, cfg.rope_scaling)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         k, v = self._keys_values(kv_input, kv_positions)
         scale = None if cfg.scale_attention_logits else 1.0

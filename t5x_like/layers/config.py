@@ -11,7 +11,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu", "reglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_exact", "silu", "swiglu", "geglu", "reglu")
 GATED_ACTIVATIONS = ("swiglu", "geglu", "reglu")
 NORMS = ("rmsnorm", "layernorm")
 # "relative": T5's bucketed relative position bias, added to the attention logits.
@@ -63,6 +63,12 @@ class TransformerConfig:
     position: str = "rope"
     max_len: int = 2048  # Size of the learned position table.
     rope_theta: float = 10_000.0
+    # Llama 3's frequency-dependent RoPE scaling (HF rope_type "llama3"): low frequencies
+    # divided by the factor, high ones kept, a smooth blend between; None: unscaled.
+    rope_scaling_factor: float | None = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     # T5's relative position buckets: half exact, half logarithmic up to max_distance.
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
@@ -73,6 +79,12 @@ class TransformerConfig:
     # Tied LM head: multiply logits by d_model**-0.5 (T5 v1.0, our default); GPT-2 does not.
     scale_tied_logits: bool = True
     use_bias: bool = False
+    qkv_bias: bool = False  # Biases on the query/key/value projections alone (Qwen2).
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3).
+    scale_embeddings: bool = False  # Token embeddings times sqrt(d_model) (Gemma).
+    # Each token attends to itself and at most sliding_window - 1 earlier tokens (Mistral);
+    # None: to all of them.
+    sliding_window: int | None = None
     dropout_rate: float = 0.0
     dtype: str = "float32"  # Compute dtype.
     param_dtype: str = "float32"
@@ -85,6 +97,19 @@ class TransformerConfig:
     @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
+
+    @property
+    def rope_scaling(self) -> tuple[float, float, float, int] | None:
+        """(factor, low_freq_factor, high_freq_factor, original_max_len) of Llama 3's RoPE
+        scaling, or None when unscaled."""
+        if self.rope_scaling_factor is None:
+            return None
+        return (
+            self.rope_scaling_factor,
+            self.rope_low_freq_factor,
+            self.rope_high_freq_factor,
+            self.rope_original_max_len,
+        )
 
     @property
     def qkv_dim(self) -> int:

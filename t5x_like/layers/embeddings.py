@@ -26,6 +26,8 @@ class Embed(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         table = jnp.asarray(self.embedding, self.config.compute_dtype)
         x = jnp.take(table, tokens, axis=0)
+        if self.config.scale_embeddings:  # Gemma: the lookup times sqrt(d_model).
+            x = x * jnp.asarray(self.config.d_model**0.5, x.dtype)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     def attend_inputs(self, x: jax.Array) -> jax.Array:
@@ -91,17 +93,44 @@ def add_absolute_positions(
     return x
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_inv_freq(
+    head_dim: int, theta: float, scaling: tuple[float, float, float, int] | None = None
+) -> np.ndarray:
+    """RoPE's inverse frequencies [head_dim // 2] (float32), with Llama 3's scaling when
+    `scaling` = (factor, low_freq_factor, high_freq_factor, original_max_len): wavelengths
+    longer than original_max_len / low_freq_factor are stretched by the factor, those shorter
+    than original_max_len / high_freq_factor kept, those between blended smoothly (HF's
+    `_compute_llama3_parameters`, step for step)."""
+    half = head_dim // 2
+    inv_freq = (1.0 / (theta ** (np.arange(half, dtype=np.float32) / half))).astype(np.float32)
+    if scaling is None:
+        return inv_freq
+    factor, low, high, original = scaling
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < original / high) & ~(wavelen > original / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(
+    x: jax.Array,
+    positions: jax.Array,
+    theta: float,
+    scaling: tuple[float, float, float, int] | None = None,
+) -> jax.Array:
     """Rotary position embedding of x [B, L, H, D] at integer positions [B, L].
 
     Uses the half-split layout (rotate the first half of D against the second), as LLaMA-family
-    checkpoints in the Hugging Face layout do. Computed in float32 for accuracy.
+    checkpoints in the Hugging Face layout do; `scaling` is Llama 3's (see `rope_inv_freq`).
+    Computed in float32 for accuracy.
     """
     head_dim = x.shape[-1]
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}.")
     half = head_dim // 2
-    inv_freq = 1.0 / (theta ** (np.arange(half, dtype=np.float32) / half))
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, L, half]
     sin = jnp.sin(angles)[:, :, None, :]
     cos = jnp.cos(angles)[:, :, None, :]

@@ -1,5 +1,7 @@
 """Position-wise feed-forward block: plain (relu/gelu/silu) or gated (swiglu/geglu/reglu)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 
@@ -8,7 +10,8 @@ from t5x_like.layers.linear import dense
 
 _ACTIVATION_FNS = {
     "relu": jax.nn.relu,
-    "gelu": jax.nn.gelu,
+    "gelu": jax.nn.gelu,  # The tanh approximation (GPT-2's gelu_new).
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),  # The erf GELU (BERT).
     "silu": jax.nn.silu,
     "swiglu": jax.nn.silu,
     "geglu": jax.nn.gelu,

@@ -12,7 +12,7 @@ With `scan_layers`, the layers are one `nn.scan` over a stacked copy of the laye
 import flax.linen as nn
 import jax
 
-from t5x_like.layers.attention import QKV_PROJ_NAMES, Attention
+from t5x_like.layers.attention import QKV_PROJ_NAMES, Attention, sliding_window_mask
 from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import RelativePositionBias
 from t5x_like.layers.mlp import Mlp
@@ -129,6 +129,10 @@ class TransformerStack(nn.Module):
         if cfg.position == "relative":
             bias = RelativePositionBias(cfg, bidirectional=not self.causal, name="relpos_bias")(
                 positions, positions if kv_positions is None else kv_positions
+            )
+        if cfg.sliding_window is not None:
+            mask = mask & sliding_window_mask(
+                positions, positions if kv_positions is None else kv_positions, cfg.sliding_window
             )
         args = (mask, positions, deterministic, encoded, cross_mask, bias)
         if cfg.scan_layers:

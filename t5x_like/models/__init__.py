@@ -19,6 +19,7 @@ from t5x_like.errors import ConfigError
 from t5x_like.models.base import LMHead, ModelFamily
 from t5x_like.models.decoder_only import DecoderOnly
 from t5x_like.models.encoder_decoder import EncoderDecoder
+from t5x_like.models.encoder_only import EncoderOnly
 
 __all__ = [
     "FAMILIES",
@@ -32,7 +33,9 @@ __all__ = [
     "lm_head",
 ]
 
-_REGISTRY: dict[str, ModelFamily] = {f.name: f for f in (DecoderOnly(), EncoderDecoder())}
+_REGISTRY: dict[str, ModelFamily] = {
+    f.name: f for f in (DecoderOnly(), EncoderDecoder(), EncoderOnly())
+}
 FAMILIES = tuple(_REGISTRY)
 
 

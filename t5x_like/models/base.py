@@ -70,12 +70,18 @@ class ModelFamily(abc.ABC):
     module_class: ClassVar[type[nn.Module]]
     # Batch features the loss reads (the task must make all of them).
     features: ClassVar[tuple[str, ...]]
+    # Further features it reads when a task makes them; a task making any other is refused
+    # (rows with features the model would ignore belong to another family).
+    optional_features: ClassVar[tuple[str, ...]] = ()
     # The segment ids of the loss's side: a row's max counts its examples.
     segment_ids_key: ClassVar[str]
     # Keys of a decoding prompt batch (tokens, segment ids), as `generate` takes them.
     prompt_keys: ClassVar[tuple[str, str]]
     # Whether the evaluator's decoded-text metrics (train.decode_batches) are wired for it.
     supports_decoded_metrics: ClassVar[bool]
+    # Whether it generates text (the decoding hooks below); False: inference predicts the
+    # task's outputs from the head instead (experiment/task_eval.predict_text).
+    generates_text: ClassVar[bool] = True
     # Hugging Face `model_type`s of the checkpoints t5x_like.interop converts for this family.
     hf_model_types: ClassVar[tuple[str, ...]]
 
@@ -98,6 +104,33 @@ class ModelFamily(abc.ABC):
     ) -> jax.Array:
         """Teacher-forced logits [B, L, vocab] on a pipeline batch; with `return_hidden`, the
         LM head's input [B, L, d_model] instead (see `lm_head`)."""
+
+    def apply_with_aux(
+        self,
+        module: nn.Module,
+        params: Any,
+        batch: Batch,
+        *,
+        deterministic: bool = True,
+        rngs: dict[str, jax.Array] | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+        """(`apply`'s output, {name: (logits [B, C], labels [B])} of the sentence-level heads
+        whose loss the training loss adds; e.g. BERT's next-sentence prediction). None here."""
+        out = self.apply(
+            module,
+            params,
+            batch,
+            deterministic=deterministic,
+            rngs=rngs,
+            return_hidden=return_hidden,
+        )
+        return out, {}
+
+    def loss_targets(self, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """(targets [B, T], weights [B, T]) that `apply`'s logits [B, T, C] are scored against:
+        the rows' `targets` and `weights` unless the family's rows name them otherwise."""
+        return batch["targets"], batch["weights"]
 
     @abc.abstractmethod
     def dummy_inputs(self, batch_size: int) -> tuple[jax.Array, ...]:
@@ -139,6 +172,12 @@ class ModelFamily(abc.ABC):
         support (decoded-text metrics)."""
         if not set(self.features) <= set(task.features):
             raise ConfigError(self._task_mismatch(task))
+        unread = set(task.features) - set(self.features) - set(self.optional_features)
+        if unread:
+            raise ConfigError(
+                f"data.task={task.name!r} makes rows with {sorted(unread)}, which "
+                f"model.family={self.name!r} does not read: pick a task of that family."
+            )
         self._validate_model_fields(cfg.model)
         if cfg.train.decode_batches and not self.supports_decoded_metrics:
             raise ConfigError(

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_like.layers import initializers
 from t5x_like.layers.attention import (
     DecodeState,
     default_segments_and_positions,
@@ -29,10 +30,18 @@ class DecoderOnlyTransformer(nn.Module):
 
     With `decoding`, each call appends its tokens to the KV cache (the "cache" collection, made by
     `decoding.init_cache`) and attends over everything cached so far.
+
+    `embed_init_std` and `scale_residual_init` are the GPT-2/LLaMA init scheme (config fields
+    model.embed_init_std, model.scale_residual_init); `DecoderOnly.init_params` applies them
+    to the layers' standard init (see `init_scale_factor`). The defaults here are the layers'
+    own init (N(0, 1) embedding, unscaled residual projections), as the HF importers expect
+    nothing of them.
     """
 
     config: TransformerConfig
     decoding: bool = False
+    embed_init_std: float = 1.0
+    scale_residual_init: bool = False
 
     @nn.compact
     def __call__(
@@ -93,6 +102,33 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None) -> dic
     return {"tokens": tokens, "segment_ids": segment_ids}
 
 
+# Kernels that write into the residual stream: each residual branch's output projection.
+_RESIDUAL_OUTPUTS = (("self_attention", "out", "kernel"), ("mlp", "wo", "kernel"))
+
+
+def init_scale_factor(module: DecoderOnlyTransformer) -> Any:
+    """The init scheme as a multiplier of each freshly initialised parameter, by path.
+
+    The token embedding is created N(0, 1) (layers.embeddings.Embed): times embed_init_std it
+    is N(0, embed_init_std^2), and so are the tied head's logits (scaled by d_model**-0.5) at
+    init; an untied head's fan-in kernel (logits ~N(0, 1)) gets the same factor. Small logits
+    start every depth at ln V: with N(0, 1) rows the input token's own logit was ~sqrt(d_model)
+    through a shallow residual stream, a first loss nats above ln V. The residual branches'
+    output projections get 1/sqrt(2 * num_layers) (two branches per layer), GPT-2's scaling:
+    the stream's variance at init stays independent of depth.
+    """
+    residual = (2 * module.config.num_layers) ** -0.5 if module.scale_residual_init else 1.0
+
+    def factor(names: tuple[str, ...]) -> float:
+        if names[-2:] in (("token_embed", "embedding"), ("logits", "kernel")):
+            return module.embed_init_std
+        if names[-3:] in _RESIDUAL_OUTPUTS:
+            return residual
+        return 1.0
+
+    return factor
+
+
 class DecoderOnly(ModelFamily):
     """The decoder-only family: rows of `inputs` (targets shifted right) predicting `targets`;
     prompts are left-padded so that every row decodes at the same cache index."""
@@ -103,7 +139,20 @@ class DecoderOnly(ModelFamily):
     segment_ids_key = "segment_ids"
     prompt_keys = ("tokens", "segment_ids")
     supports_decoded_metrics = False
-    hf_model_types = ("gpt2", "llama")
+    hf_model_types = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma")
+
+    def build(self, model_cfg: Any) -> nn.Module:
+        """The module, with the config's init scheme (embed_init_std, scale_residual_init)."""
+        return DecoderOnlyTransformer(
+            TransformerConfig.from_config_dict(model_cfg),
+            embed_init_std=float(model_cfg.get("embed_init_std", 1.0)),
+            scale_residual_init=bool(model_cfg.get("scale_residual_init", False)),
+        )
+
+    def init_params(self, module: nn.Module, rng: jax.Array, batch_size: int) -> Any:
+        """The layers' init rescaled by the module's init scheme (`init_scale_factor`)."""
+        params = super().init_params(module, rng, batch_size)
+        return initializers.rescale(params, init_scale_factor(module))
 
     def apply(
         self,

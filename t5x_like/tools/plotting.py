@@ -5,6 +5,8 @@
     print(markdown_table(["/tmp/run_a", "/tmp/run_b"]))        # last train/eval metrics
 
 Plots draw on matplotlib's Agg canvas directly (no pyplot, no display, no global backend).
+Rates (accuracy, decoded accuracy / exact match / BLEU, MFU) are fractions in [0, 1] in every
+sink, as logged; the panels plot them as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from matplotlib.ticker import MaxNLocator
 from t5x_like.training.metrics_writer import read_metrics
 
 DEFAULT_METRICS = ("loss", "accuracy")
+# Decoded-text metrics (train.decode_batches): the ones a fine-tuning run is about, plotted
+# next to the teacher-forced ones whenever the run computed them.
+DECODED_METRICS = ("decode_accuracy", "decode_exact_match", "decode_bleu")
 SPLITS = ("train", "eval")
 # Pixels of one metric's panel at DPI: a figure with n metrics is (n * width) x height.
 PANEL_SIZE = (5.0, 4.0)
@@ -125,8 +130,20 @@ def plot_curves(
     return out_path
 
 
-def write_training_curves(workdir: str, metrics: Sequence[str] = DEFAULT_METRICS) -> str:
-    """Writes `<workdir>/curves.png` for one run (call on process 0 only); returns its path."""
+def run_metrics(workdir: str) -> tuple[str, ...]:
+    """The metrics worth plotting for one run: loss, token accuracy, and the decoded-text
+    metrics (`DECODED_METRICS`) its evals logged."""
+    evals = load_run(workdir)["eval"].values()
+    decoded = [m for m in DECODED_METRICS if any(m in record for record in evals)]
+    return (*DEFAULT_METRICS, *decoded)
+
+
+def write_training_curves(workdir: str, metrics: Sequence[str] | None = None) -> str:
+    """Writes `<workdir>/curves.png` for one run (call on process 0 only); returns its path.
+
+    `metrics`: None plots `run_metrics(workdir)` (decoded-text metrics included when logged).
+    """
+    metrics = run_metrics(workdir) if metrics is None else metrics
     return plot_curves([workdir], os.path.join(workdir, "curves.png"), metrics)
 
 

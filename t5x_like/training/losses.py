@@ -57,11 +57,42 @@ def loss_sums(
     }
 
 
+def sentence_loss_sums(
+    name: str,
+    logits: jax.Array,
+    labels: jax.Array,
+    rows: jax.Array,
+    token_weights: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A sentence-level head's loss (e.g. BERT's next-sentence prediction) on logits [B, C].
+
+    Returns (its share of the training `loss_sum`, its metric sums). The share weights each
+    row's cross-entropy by the row's token weights [B, L] (its masked tokens), so that
+    `loss_sum / weight_sum` is the token loss plus the head's loss averaged over the same
+    tokens: a sum like the token loss's, hence exact over micro-batches, devices and processes.
+    The metrics count `rows` [B] (1 for a real row, 0 for padding): `<name>_loss_sum`,
+    `<name>_correct_sum`, `<name>_rows` (`summarize` makes `<name>_loss`, `<name>_accuracy`).
+    """
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    labels = labels.astype(jnp.int32)
+    cross_entropy = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    rows = rows.astype(jnp.float32)
+    correct = (xla_cpu.first_argmax(logits) == labels).astype(jnp.float32)
+    share = jnp.sum(cross_entropy * jnp.sum(token_weights.astype(jnp.float32), axis=-1))
+    return share, {
+        f"{name}_loss_sum": jnp.sum(cross_entropy * rows),
+        f"{name}_correct_sum": jnp.sum(correct * rows),
+        f"{name}_rows": jnp.sum(rows),
+    }
+
+
 def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Turns accumulated sums into means: loss, cross_entropy, z_loss, accuracy, perplexity."""
+    """Turns accumulated sums into means: loss, cross_entropy, z_loss, accuracy, perplexity;
+    and `<name>_loss`, `<name>_accuracy` (fractions) of each sentence-level head."""
     n = max(float(sums["weight_sum"]), 1.0)
     cross_entropy = float(sums["cross_entropy_sum"]) / n
-    return {
+    out = {
         "loss": float(sums["loss_sum"]) / n,
         "cross_entropy": cross_entropy,
         "z_loss": float(sums["z_loss_sum"]) / n,
@@ -69,3 +100,9 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
         "perplexity": float(np.exp(min(cross_entropy, 50.0))),
         "tokens": float(sums["weight_sum"]),
     }
+    for key in sums:
+        if key.endswith("_rows"):
+            name, rows = key[: -len("_rows")], max(float(sums[key]), 1.0)
+            out[f"{name}_loss"] = float(sums[f"{name}_loss_sum"]) / rows
+            out[f"{name}_accuracy"] = float(sums[f"{name}_correct_sum"]) / rows
+    return out

@@ -65,7 +65,7 @@ class PreemptionGuard:
         name = signal.Signals(signum).name
         if self.requested:
             if signum == signal.SIGINT:
-                logging.warning("Second SIGINT: aborting without a final checkpoint.")
+                # The script's wrapper (cli.main_with_clear_errors) says so in one line.
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             logging.warning("%s received again; already stopping after the current step.", name)

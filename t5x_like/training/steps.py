@@ -85,19 +85,27 @@ def model_loss_sums(
     rngs: dict[str, jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
     """losses.loss_sums of the model on a batch; `loss_chunk_size` > 0: the same sums from the
-    LM head fused with the loss in chunks of that many positions (no full logits)."""
+    LM head fused with the loss in chunks of that many positions (no full logits). The family's
+    sentence-level heads (`apply_with_aux`) add their losses (losses.sentence_loss_sums)."""
     family = models.family_of(model)
-    targets, weights = batch["targets"], batch["weights"]
-    if loss_chunk_size <= 0:
-        logits = family.apply(model, params, batch, deterministic=deterministic, rngs=rngs)
-        return losses.loss_sums(logits, targets, weights, z_loss, label_smoothing)
-    hidden = family.apply(
-        model, params, batch, deterministic=deterministic, rngs=rngs, return_hidden=True
+    targets, weights = family.loss_targets(batch)
+    chunked = loss_chunk_size > 0
+    out, aux = family.apply_with_aux(
+        model, params, batch, deterministic=deterministic, rngs=rngs, return_hidden=chunked
     )
-    head = family.lm_head(model, params)
-    return chunked_loss.chunked_loss_sums(
-        hidden, head, targets, weights, loss_chunk_size, z_loss, label_smoothing
-    )
+    if chunked:
+        head = family.lm_head(model, params)
+        sums = chunked_loss.chunked_loss_sums(
+            out, head, targets, weights, loss_chunk_size, z_loss, label_smoothing
+        )
+    else:
+        sums = losses.loss_sums(out, targets, weights, z_loss, label_smoothing)
+    # Sentence-level heads (e.g. next-sentence prediction) add their loss to the token loss.
+    for name, (logits, labels) in aux.items():
+        rows = jnp.max(batch[family.segment_ids_key], axis=-1) > 0  # Not a padding row.
+        share, metrics = losses.sentence_loss_sums(name, logits, labels, rows, weights)
+        sums = {**sums, **metrics, "loss_sum": sums["loss_sum"] + share}
+    return sums
 
 
 def _dropout_sums(params: Any, batch: Batch, rng: jax.Array, loss_cfg: LossConfig) -> Batch:

@@ -57,14 +57,18 @@ def test_from_config_defaults_missing_and_unset_fields():
 
 
 def test_tasks_and_encoder_decoder_property():
-    assert tasks.TASKS == ("causal_lm", "span_corruption", "prefix_lm", "seq2seq")
-    lengths = dict(seq_len=8, inputs_len=32, targets_len=16)
-    assert [Task(name, **lengths).is_encoder_decoder for name in tasks.TASKS] == [
-        False,
-        True,
-        True,
-        True,
-    ]
+    paired = {"span_corruption", "prefix_lm", "seq2seq"}
+    assert set(tasks.TASKS) == paired | {
+        "causal_lm",
+        "sft",
+        "mlm",
+        "classification",
+        "token_classification",
+        "question_answering",
+    }
+    lengths = dict(seq_len=128, inputs_len=32, targets_len=16)
+    for name in tasks.TASKS:
+        assert Task(name, **lengths).is_encoder_decoder == (name in paired), name
 
 
 def test_features_row_lengths_and_longest_row():
@@ -112,7 +116,7 @@ def test_span_lengths_and_max_noise_spans():
 @pytest.mark.parametrize(
     "fields,pattern",
     [
-        (dict(task="mlm", seq_len=8), r"data.task='mlm' is not a task; set it to one of"),
+        (dict(task="mlm_v2", seq_len=8), r"data.task='mlm_v2' is not a task; set it to one of"),
         (dict(task="causal_lm"), r"data.seq_len must be set for data.task='causal_lm'"),
         (dict(seq_len=1), r"data.seq_len must be at least 2"),
         (dict(seq_len=8.0), r"data.seq_len must be at least 2 .* got 8.0"),

@@ -272,8 +272,8 @@ def test_import_errors_name_the_key_and_expected_shape():
     "change,match",
     [
         (
-            {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-            "rope_parameters with rope_type 'llama3' is not supported",
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}},
+            "rope_parameters with rope_type 'yarn' is not supported",
         ),
         ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
         (

@@ -9,7 +9,18 @@ import pytest
 from flax import traverse_util
 from interop import decoder_parity as parity
 
-from t5x_like.interop import common, gpt2, llama, registry, t5
+from t5x_like.interop import (
+    bert,
+    common,
+    gemma,
+    gpt2,
+    llama,
+    mistral,
+    qwen2,
+    qwen3,
+    registry,
+    t5,
+)
 
 SMALL_HF_CONFIGS = {
     "t5": dict(
@@ -38,7 +49,18 @@ SMALL_HF_CONFIGS = {
         num_key_value_heads=2,
     ),
 }
-EXPECTED_FAMILY = {"t5": t5.T5, "mt5": t5.T5, "gpt2": gpt2.GPT2, "llama": llama.LLAMA}
+EXPECTED_FAMILY = {
+    "t5": t5.T5,
+    "mt5": t5.T5,
+    "gpt2": gpt2.GPT2,
+    "llama": llama.LLAMA,
+    "mistral": mistral.MISTRAL,
+    "qwen2": qwen2.QWEN2,
+    "qwen3": qwen3.QWEN3,
+    "gemma": gemma.GEMMA,
+    "bert": bert.BERT,
+    "roberta": bert.ROBERTA,
+}
 
 
 def test_model_types_name_one_family_each():

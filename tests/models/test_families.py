@@ -15,7 +15,7 @@ from t5x_like.models.decoder_only import DecoderOnly
 from t5x_like.models.encoder_decoder import EncoderDecoder
 
 TINY = dict(vocab_size=64, d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
-LENGTHS = dict(seq_len=8, inputs_len=12, targets_len=6)
+LENGTHS = dict(seq_len=128, inputs_len=12, targets_len=6)
 
 
 class _Vocab:
@@ -34,7 +34,7 @@ def _cfg(decode_batches=0):
 
 
 def test_registry_names_every_family_and_rejects_unknown_ones():
-    assert models.FAMILIES == ("decoder_only", "encoder_decoder")
+    assert models.FAMILIES == ("decoder_only", "encoder_decoder", "encoder_only")
     assert isinstance(models.get("decoder_only"), DecoderOnly)
     assert isinstance(models.get("encoder_decoder"), EncoderDecoder)
     with pytest.raises(ConfigError, match=r"model.family='bert'.*\('decoder_only', "):
@@ -55,7 +55,11 @@ def test_every_task_feeds_exactly_one_family():
     for name in tasks.TASKS:
         task = tasks.Task(name, **LENGTHS)
         families = map(models.get, models.FAMILIES)
-        readers = [f for f in families if set(f.features) <= task.features.keys()]
+        readers = [
+            f
+            for f in families
+            if set(f.features) <= task.features.keys() <= {*f.features, *f.optional_features}
+        ]
         assert len(readers) == 1, name
         readers[0].validate(_cfg(), task)  # No error for the family that reads it.
 
@@ -132,4 +136,5 @@ def test_prompt_fits_the_learned_position_table_of_a_decoder_only_model():
 
 def test_hf_model_types_are_data_and_disjoint():
     types = [models.get(name).hf_model_types for name in models.FAMILIES]
-    assert types == [("gpt2", "llama"), ("t5",)]
+    decoder_only = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma")
+    assert types == [decoder_only, ("t5",), ("bert", "roberta")]

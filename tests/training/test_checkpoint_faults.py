@@ -10,7 +10,9 @@ import os
 import shutil
 import time
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from orbax.checkpoint._src.path import atomicity
 from testutil import corpus_config
@@ -19,6 +21,7 @@ from t5x_like import checkpointing
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import trainer
 from t5x_like.training.metrics_writer import read_metrics
+from t5x_like.training.nan_guard import NonFiniteError
 from t5x_like.training.train_state import TrainState
 
 SETTINGS = {"train.steps": 8, "train.checkpoint_every": 2}
@@ -59,7 +62,7 @@ def _delete_state(step_dir):
     [
         (_truncate_data_files, "ValueError: OUT_OF_RANGE"),
         (_garble_metadata, "JSONDecodeError"),
-        (_delete_state, "KeyError: 'Item \"state\" was not found in the checkpoint"),
+        (_delete_state, "FileNotFoundError: Metadata file (named _METADATA) does not exist"),
     ],
 )
 def test_unreadable_latest_is_moved_aside(trained, tmp_path, caplog, damage, error):
@@ -86,8 +89,9 @@ def test_nothing_moves_when_no_checkpoint_is_readable(trained, tmp_path):
         checkpointer.restore_latest(trained[2])
     checkpointer.close()
     message = str(info.value)
-    assert message.startswith(f"No checkpoint in {directory} can be restored: step 8: KeyError")
-    assert "step 4: KeyError" in message and "nothing was moved or deleted" in message
+    start = f"No checkpoint in {directory} can be restored: step 8: FileNotFoundError"
+    assert message.startswith(start)
+    assert "step 4: FileNotFoundError" in message and "nothing was moved or deleted" in message
     assert sorted(os.listdir(directory)) == ["4", "6", "8"]
 
 
@@ -181,3 +185,49 @@ def test_failed_save_stops_training(corpus_dir, tmp_path, monkeypatch):
     assert str(info.value).endswith("training resumes from scratch (no checkpoint yet).")
     assert 3 <= max(read_metrics(workdir, "train")) <= 4
     assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+
+
+def _save_exploding_copy(trained, directory, source_step, target_step):
+    """Saves checkpoint `target_step`: the state of `source_step` with params scaled by 1e30,
+    finite (so any save accepts it) but giving a non-finite loss on the next step, as damage
+    the checksums cannot see would (or a state saved by a version without them)."""
+    exp = experiment.build_experiment(trained[1])
+    iterator = experiment.make_train_iterator(exp)
+    checkpointer = checkpointing.Checkpointer(directory, max_to_keep=10)
+    state = checkpointer.restore(source_step, trained[2], iterator)
+    params = jax.tree.map(lambda x: x * 1e30, state.params)
+    step = jnp.asarray(target_step, state.step.dtype)
+    checkpointer.save(target_step, state.replace(params=params, step=step), iterator)
+    checkpointer.close()
+
+
+def test_non_finite_first_step_falls_back_to_the_checkpoint_before(
+    trained, corpus_dir, tmp_path, caplog
+):
+    directory = _copy(trained, tmp_path)
+    _save_exploding_copy(trained, directory, 8, 10)
+    settings = {**SETTINGS, "train.steps": 12, "train.max_to_keep": 10}
+    with caplog.at_level(logging.WARNING):
+        result = trainer.train(corpus_config(corpus_dir, **settings), os.path.dirname(directory))
+    assert result["start_step"] == 8
+    assert f"The state restored from {directory}/10 gives a non-finite step 11" in caplog.text
+    assert "its state gives a non-finite step 11" in caplog.text
+    names = sorted(os.listdir(directory))
+    assert [n for n in names if n.isdigit()] == ["10", "12", "4", "6", "8"]
+    assert len([n for n in names if n.startswith("10.corrupt-")]) == 1
+    assert all(np.isfinite(v) for v in result["train"].values())
+
+
+def test_non_finite_first_step_of_two_checkpoints_moves_nothing(trained, corpus_dir, tmp_path):
+    directory = _copy(trained, tmp_path)
+    shutil.rmtree(os.path.join(directory, "8"))
+    _save_exploding_copy(trained, directory, 6, 8)
+    _save_exploding_copy(trained, directory, 6, 10)
+    settings = {**SETTINGS, "train.steps": 12, "train.max_to_keep": 10}
+    with pytest.raises(NonFiniteError) as info:
+        trainer.train(corpus_config(corpus_dir, **settings), os.path.dirname(directory))
+    assert str(info.value).startswith(
+        f"The states of {directory}/10 and of the checkpoint before it ({directory}/8) both "
+        "give a non-finite loss on their first step"
+    )
+    assert sorted(os.listdir(directory)) == ["10", "4", "6", "8"]

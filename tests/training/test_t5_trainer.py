@@ -87,7 +87,7 @@ def test_finetuning_starts_from_pretrained_params_and_decodes(corpus_dir, pretra
         os.path.join(pretrained, "checkpoints")
     ).restore_params(4, abstract.params)
     fresh = checkpointing.Checkpointer(str(tmp_path / "empty"))
-    state = trainer._restore_or_init(exp, fresh, experiment.make_train_iterator(exp))
+    state, _ = trainer._restore_or_init(exp, fresh, experiment.make_train_iterator(exp))
     leaves = zip(jax.tree.leaves(state.params), jax.tree.leaves(pretrained_params), strict=True)
     for a, b in leaves:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

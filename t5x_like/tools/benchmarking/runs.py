@@ -139,10 +139,13 @@ def benchmark_train(
     result = _describe(exp, compiled)
     state = experiment.init_state(exp, compiled.shardings)
     batch = harness.synthetic_batch(exp, seed=cfg.seed)
-    # The peak is measured before and after the timed steps and the higher one kept: a peak
-    # measured while something else ran would make the MFU look better than it is.
+    # The peak is measured before and after the timed steps (afresh, not the trainer's cached
+    # figure: like for like with these steps) and the higher one kept: a peak measured while
+    # something else ran would make the MFU look better than it is.
     matmul = harness.representative_matmul(exp)
-    peak_before, _ = flops.peak_flops(cfg.model.dtype, matmul)
+    peak_before, _ = flops.peak_flops(
+        cfg.model.dtype, matmul, given=cfg.train.get("peak_flops"), use_cache=False
+    )
     times, metrics = [], None
     for i in range(warmup + steps):
         start = time.perf_counter()
@@ -167,7 +170,9 @@ def benchmark_train(
     if "loss_sum" in metrics and "weight_sum" in metrics:
         loss = float(metrics["loss_sum"]) / max(float(metrics["weight_sum"]), 1.0)
     stats = report.step_time_stats(times)
-    peak, peak_source = flops.peak_flops(cfg.model.dtype, matmul)
+    peak, peak_source = flops.peak_flops(
+        cfg.model.dtype, matmul, given=cfg.train.get("peak_flops"), use_cache=False
+    )
     peak = max(peak, peak_before)  # Equal on accelerators (a datasheet figure).
     rates = report.throughput(
         stats["median_s"], result["tokens_per_step"], result["model_flops_per_token"], peak

@@ -1,0 +1,227 @@
+"""Supervised fine-tuning (`data.task='sft'`): prompt/completion records -> decoder-only rows whose
+loss covers the completion only.
+
+An example is the prompt's tokens, then the completion's and EOS, as one causal-LM sequence
+(`targets`; `inputs` = BOS + targets[:-1]); its loss mask is 0 on the prompt's target positions
+and 1 on the completion's (EOS included). Rows have the causal_lm layout (`packing.KEYS`) with
+`weights` = that mask, so no prompt token ever contributes to the loss; examples are packed
+with segment ids (attention and positions restart per example, so nothing crosses examples) or
+padded alone.
+
+An example longer than `data.seq_len` is an error by default (`data.sft_too_long='error'`);
+'truncate' keeps the prompt's last tokens (at most max(seq_len - completion, seq_len // 2)) and
+the completion's first ones, 'drop' skips it. Either is logged with a running count per
+process, never silent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+
+from t5x_like.data.preprocessors import BOS_ID
+
+TOO_LONG = ("error", "truncate", "drop")
+_FEATURES = ("inputs", "targets", "loss_mask")
+
+
+def _text(record: Any, key: str, role: str) -> str:
+    if not isinstance(record, Mapping) or key not in record:
+        keys = sorted(record) if isinstance(record, Mapping) else type(record).__name__
+        raise ValueError(
+            f"SFT record has no {role} field {key!r} (data.{role}_key); it has {keys}."
+        )
+    value = record[key]
+    if isinstance(value, bytes):  # TFDS text features
+        value = value.decode("utf-8")
+    if not isinstance(value, str):
+        raise ValueError(f"SFT record's {role} field {key!r} must be a string, got {value!r}.")
+    return value
+
+
+def fit_lengths(prompt: int, completion: int, seq_len: int) -> tuple[int, int]:
+    """(prompt tokens kept, completion tokens kept) of a truncated example: the prompt keeps at
+    most max(seq_len - completion, seq_len // 2) tokens, the completion the rest."""
+    kept_prompt = min(prompt, max(seq_len - completion, seq_len // 2))
+    return kept_prompt, min(completion, seq_len - kept_prompt)
+
+
+def sft_example(
+    prompt_ids: Any, completion_ids: Any, seq_len: int, too_long: str = "error"
+) -> dict[str, np.ndarray] | None:
+    """The example {"inputs", "targets", "loss_mask"} of a prompt and a completion (EOS already
+    appended), or None when it is too long and `too_long='drop'`.
+
+    Raises:
+      ValueError: too long with `too_long='error'` (the message says what to set).
+    """
+    prompt, completion = list(prompt_ids), list(completion_ids)
+    if not completion:
+        raise ValueError("An SFT completion needs at least one token (its EOS).")
+    n = len(prompt) + len(completion)
+    if n > seq_len:
+        if too_long == "drop":
+            return None
+        if too_long != "truncate":
+            raise ValueError(
+                f"An SFT example of {n} tokens (prompt {len(prompt)} + completion and EOS "
+                f"{len(completion)}) exceeds data.seq_len={seq_len}: raise data.seq_len, or set "
+                "data.sft_too_long='truncate' or 'drop'."
+            )
+        kept_prompt, kept_completion = fit_lengths(len(prompt), len(completion), seq_len)
+        prompt = prompt[len(prompt) - kept_prompt :]
+        completion = completion[:kept_completion]
+    targets = np.asarray(prompt + completion, np.int32)
+    return {
+        "inputs": np.concatenate([np.asarray([BOS_ID], np.int32), targets[:-1]]),
+        "targets": targets,
+        "loss_mask": np.asarray([0] * len(prompt) + [1] * len(completion), np.int32),
+    }
+
+
+def _should_log(count: int) -> bool:
+    # The first ten, then every hundredth: a count that keeps growing, not a flood.
+    return count <= 10 or count % 100 == 0
+
+
+class SFTExamples(grain.experimental.FlatMapTransform):
+    """grain flat map: a record -> [its SFT example], or [] when dropped.
+
+    `dropped` and `truncated` count this process's examples so far; each is logged.
+    """
+
+    max_fan_out = 1
+
+    def __init__(
+        self, vocab: Any, seq_len: int, prompt_key: str, completion_key: str, too_long: str
+    ):
+        if too_long not in TOO_LONG:
+            raise ValueError(f"data.sft_too_long={too_long!r} must be one of {TOO_LONG}.")
+        self.vocab = vocab
+        self.seq_len = seq_len
+        self.prompt_key = prompt_key
+        self.completion_key = completion_key
+        self.too_long = too_long
+        self.dropped = 0
+        self.truncated = 0
+
+    def flat_map(self, record: Any) -> list[dict[str, np.ndarray]]:
+        prompt = self.vocab.encode(_text(record, self.prompt_key, "prompt"))
+        completion = [*self.vocab.encode(_text(record, self.completion_key, "completion"))]
+        completion.append(self.vocab.eos_id)
+        example = sft_example(prompt, completion, self.seq_len, self.too_long)
+        n = len(prompt) + len(completion)
+        if example is None:
+            self.dropped += 1
+            if _should_log(self.dropped):
+                logging.warning(
+                    "SFT: dropped an example of %d tokens > data.seq_len=%d (%d dropped so far).",
+                    n,
+                    self.seq_len,
+                    self.dropped,
+                )
+            return []
+        if n > self.seq_len:
+            self.truncated += 1
+            if _should_log(self.truncated):
+                logging.warning(
+                    "SFT: truncated an example of %d tokens to data.seq_len=%d (%d truncated "
+                    "so far).",
+                    n,
+                    self.seq_len,
+                    self.truncated,
+                )
+        return [example]
+
+
+def examples(
+    docs: grain.MapDataset, vocab: Any, task: Any, read_options: grain.ReadOptions
+) -> grain.IterDataset:
+    """Records -> SFT examples of `task` (its seq_len, prompt_key, completion_key and
+    sft_too_long)."""
+    transform = SFTExamples(
+        vocab, task.seq_len, task.prompt_key, task.completion_key, task.sft_too_long
+    )
+    return grain.experimental.FlatMapIterDataset(docs.to_iter_dataset(read_options), transform)
+
+
+def _rows(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    segment_ids: np.ndarray,
+    positions: np.ndarray,
+    loss_mask: np.ndarray,
+) -> dict[str, np.ndarray]:
+    return {
+        "inputs": np.asarray(inputs, np.int32),
+        "targets": np.asarray(targets, np.int32),
+        "segment_ids": np.asarray(segment_ids, np.int32),
+        "positions": np.asarray(positions, np.int32),
+        "weights": (np.asarray(loss_mask) * (np.asarray(segment_ids) > 0)).astype(np.float32),
+    }
+
+
+def _check(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    if len(example["targets"]) > seq_len:
+        raise ValueError(
+            f"SFT example of {len(example['targets'])} tokens does not fit seq_len={seq_len}."
+        )
+    return {k: example[k] for k in _FEATURES}
+
+
+def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # grain packs each feature separately; all three have equal lengths, so one copy of the
+    # segment ids and positions serves.
+    return _rows(
+        row["inputs"],
+        row["targets"],
+        row["targets_segment_ids"],
+        row["targets_positions"],
+        row["loss_mask"],
+    )
+
+
+def pad_example(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    """One SFT example alone in a row of `seq_len`: segment id 1 on its tokens."""
+    example = _check(example, seq_len)
+    n = len(example["targets"])
+    real = np.arange(seq_len) < n
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        return np.pad(np.asarray(x, np.int32), (0, seq_len - n))
+
+    return _rows(
+        pad(example["inputs"]),
+        pad(example["targets"]),
+        real.astype(np.int32),
+        np.where(real, np.arange(seq_len), 0),
+        pad(example["loss_mask"]),
+    )
+
+
+def to_rows(
+    ds: grain.IterDataset,
+    seq_len: int,
+    *,
+    pack_examples: bool,
+    num_packing_bins: int,
+    shuffle_bins: bool = False,
+    seed: int = 0,
+) -> grain.IterDataset:
+    """SFT examples as rows of `packing.KEYS`: packed first-fit (grain's packer, as
+    `packing.pack`) or each padded alone; `weights` is the completion mask."""
+    if not pack_examples:
+        return ds.map(functools.partial(pad_example, seq_len=seq_len))
+    packed = grain.experimental.FirstFitPackIterDataset(
+        ds.map(functools.partial(_check, seq_len=seq_len)),
+        length_struct=dict.fromkeys(_FEATURES, seq_len),
+        num_packing_bins=num_packing_bins,
+        shuffle_bins=shuffle_bins,
+        seed=seed,
+    )
+    return packed.map(_from_packed)
