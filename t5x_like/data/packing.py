@@ -24,6 +24,9 @@ import grain
 import numpy as np
 
 FEATURES = ("inputs", "targets")
+# An optional per-token feature: 1 where the loss counts (SFT completions), 0 elsewhere; rows
+# made with `loss_mask=True` take their `weights` from it.
+LOSS_MASK = "loss_mask"
 KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
 ENCDEC_KEYS = (
     "encoder_inputs",
@@ -49,17 +52,21 @@ def _from_grain_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     # grain packs each feature separately (inputs_segment_ids, targets_segment_ids, ...). Inputs
     # and targets have equal lengths, so their segment ids and positions agree; keep one copy.
     segment_ids = row["targets_segment_ids"].astype(np.int32)
+    weights = segment_ids > 0
+    if LOSS_MASK in row:
+        weights = weights * row[LOSS_MASK]
     return {
         "inputs": row["inputs"].astype(np.int32),
         "targets": row["targets"].astype(np.int32),
         "segment_ids": segment_ids,
         "positions": row["targets_positions"].astype(np.int32),
-        "weights": (segment_ids > 0).astype(np.float32),
+        "weights": weights.astype(np.float32),
     }
 
 
 def pad_example(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
-    """One example alone in a row of `seq_len` (the no-packing path): segment id 1 on tokens."""
+    """One example alone in a row of `seq_len` (the no-packing path): segment id 1 on tokens;
+    `weights` 1 on them, or the example's `loss_mask` where it has one."""
     _validate(example, seq_len)
     n = len(example["targets"])
     real = np.arange(seq_len) < n
@@ -72,13 +79,21 @@ def pad_example(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.nd
         "targets": pad(example["targets"]),
         "segment_ids": real.astype(np.int32),
         "positions": np.where(real, np.arange(seq_len), 0).astype(np.int32),
-        "weights": real.astype(np.float32),
+        "weights": (pad(example[LOSS_MASK]) * real if LOSS_MASK in example else real).astype(
+            np.float32
+        ),
     }
 
 
-def _checked_features(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+def _features(loss_mask: bool) -> tuple[str, ...]:
+    return (*FEATURES, LOSS_MASK) if loss_mask else FEATURES
+
+
+def _checked_features(
+    example: dict[str, np.ndarray], seq_len: int, loss_mask: bool = False
+) -> dict[str, np.ndarray]:
     _validate(example, seq_len)
-    return {k: example[k] for k in FEATURES}
+    return {k: example[k] for k in _features(loss_mask)}
 
 
 def pack(
@@ -88,8 +103,11 @@ def pack(
     num_packing_bins: int,
     shuffle_bins: bool = False,
     seed: int = 0,
+    loss_mask: bool = False,
 ) -> grain.IterDataset:
     """Packs a dataset of examples into rows of `seq_len` with grain's first-fit packer.
+
+    `loss_mask`: the examples carry `LOSS_MASK`, packed with them and made the rows' `weights`.
 
     grain fills `num_packing_bins` rows at once and emits all of them as soon as an example
     fits in none, so more bins mean less padding (and rows drawn from a wider window).
@@ -97,8 +115,8 @@ def pack(
     """
 
     packed = grain.experimental.FirstFitPackIterDataset(
-        ds.map(functools.partial(_checked_features, seq_len=seq_len)),
-        length_struct={k: seq_len for k in FEATURES},
+        ds.map(functools.partial(_checked_features, seq_len=seq_len, loss_mask=loss_mask)),
+        length_struct=dict.fromkeys(_features(loss_mask), seq_len),
         num_packing_bins=num_packing_bins,
         shuffle_bins=shuffle_bins,
         seed=seed,
@@ -120,11 +138,17 @@ def to_rows(
     num_packing_bins: int,
     shuffle_bins: bool = False,
     seed: int = 0,
+    loss_mask: bool = False,
 ) -> grain.IterDataset:
-    """`pack(...)` if `pack_examples`, else `pad(...)`."""
+    """`pack(...)` if `pack_examples`, else `pad(...)`; `loss_mask` as `pack` takes it."""
     if pack_examples:
         return pack(
-            ds, seq_len, num_packing_bins=num_packing_bins, shuffle_bins=shuffle_bins, seed=seed
+            ds,
+            seq_len,
+            num_packing_bins=num_packing_bins,
+            shuffle_bins=shuffle_bins,
+            seed=seed,
+            loss_mask=loss_mask,
         )
     return pad(ds, seq_len)
 

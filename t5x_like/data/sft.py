@@ -6,7 +6,7 @@ An example is the prompt's tokens, then the completion's and EOS, as one causal-
 and 1 on the completion's (EOS included). Rows have the causal_lm layout (`packing.KEYS`) with
 `weights` = that mask, so no prompt token ever contributes to the loss; examples are packed
 with segment ids (attention and positions restart per example, so nothing crosses examples) or
-padded alone.
+padded alone, by `packing.to_rows(..., loss_mask=True)`.
 
 An example longer than `data.seq_len` is an error by default (`data.sft_too_long='error'`);
 'truncate' keeps the prompt's last tokens (at most max(seq_len - completion, seq_len // 2)) and
@@ -16,7 +16,6 @@ process, never silent.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,6 @@ from absl import logging
 from t5x_like.data.preprocessors import BOS_ID
 
 TOO_LONG = ("error", "truncate", "drop")
-_FEATURES = ("inputs", "targets", "loss_mask")
 
 
 def _text(record: Any, key: str, role: str) -> str:
@@ -148,80 +146,3 @@ def examples(
         vocab, task.seq_len, task.prompt_key, task.completion_key, task.sft_too_long
     )
     return grain.experimental.FlatMapIterDataset(docs.to_iter_dataset(read_options), transform)
-
-
-def _rows(
-    inputs: np.ndarray,
-    targets: np.ndarray,
-    segment_ids: np.ndarray,
-    positions: np.ndarray,
-    loss_mask: np.ndarray,
-) -> dict[str, np.ndarray]:
-    return {
-        "inputs": np.asarray(inputs, np.int32),
-        "targets": np.asarray(targets, np.int32),
-        "segment_ids": np.asarray(segment_ids, np.int32),
-        "positions": np.asarray(positions, np.int32),
-        "weights": (np.asarray(loss_mask) * (np.asarray(segment_ids) > 0)).astype(np.float32),
-    }
-
-
-def _check(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
-    if len(example["targets"]) > seq_len:
-        raise ValueError(
-            f"SFT example of {len(example['targets'])} tokens does not fit seq_len={seq_len}."
-        )
-    return {k: example[k] for k in _FEATURES}
-
-
-def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # grain packs each feature separately; all three have equal lengths, so one copy of the
-    # segment ids and positions serves.
-    return _rows(
-        row["inputs"],
-        row["targets"],
-        row["targets_segment_ids"],
-        row["targets_positions"],
-        row["loss_mask"],
-    )
-
-
-def pad_example(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
-    """One SFT example alone in a row of `seq_len`: segment id 1 on its tokens."""
-    example = _check(example, seq_len)
-    n = len(example["targets"])
-    real = np.arange(seq_len) < n
-
-    def pad(x: np.ndarray) -> np.ndarray:
-        return np.pad(np.asarray(x, np.int32), (0, seq_len - n))
-
-    return _rows(
-        pad(example["inputs"]),
-        pad(example["targets"]),
-        real.astype(np.int32),
-        np.where(real, np.arange(seq_len), 0),
-        pad(example["loss_mask"]),
-    )
-
-
-def to_rows(
-    ds: grain.IterDataset,
-    seq_len: int,
-    *,
-    pack_examples: bool,
-    num_packing_bins: int,
-    shuffle_bins: bool = False,
-    seed: int = 0,
-) -> grain.IterDataset:
-    """SFT examples as rows of `packing.KEYS`: packed first-fit (grain's packer, as
-    `packing.pack`) or each padded alone; `weights` is the completion mask."""
-    if not pack_examples:
-        return ds.map(functools.partial(pad_example, seq_len=seq_len))
-    packed = grain.experimental.FirstFitPackIterDataset(
-        ds.map(functools.partial(_check, seq_len=seq_len)),
-        length_struct=dict.fromkeys(_FEATURES, seq_len),
-        num_packing_bins=num_packing_bins,
-        shuffle_bins=shuffle_bins,
-        seed=seed,
-    )
-    return packed.map(_from_packed)

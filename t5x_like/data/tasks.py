@@ -258,10 +258,10 @@ class _SequenceRows(RowLayout):
 
 
 class _SFTRows(_SequenceRows):
-    """Causal-LM rows whose `weights` cover the completions only (`sft.to_rows`)."""
+    """Causal-LM rows whose `weights` cover the completions only (the examples' `loss_mask`)."""
 
     def to_rows(self, task: Task, examples: Any, **packing_args: Any) -> Any:
-        return sft.to_rows(examples, task.seq_len, **packing_args)
+        return packing.to_rows(examples, task.seq_len, loss_mask=True, **packing_args)
 
 
 class _PairedRows(RowLayout):
