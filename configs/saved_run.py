@@ -9,11 +9,10 @@ take the schema's defaults.
 """
 
 import json
-import os
 
 from ml_collections import config_dict
 
-from t5x_like import config
+from t5x_like import config, storage
 
 
 def _tuples(value):
@@ -47,13 +46,12 @@ def _fill_defaults(cfg: config_dict.ConfigDict) -> None:
 
 
 def get_config(workdir: str) -> config_dict.ConfigDict:
-    path = os.path.join(os.path.expanduser(workdir), "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(storage.resolve(workdir), "config.json")  # Local or gs:// / s3://.
+    if not storage.isfile(path):
         raise FileNotFoundError(
             f"{path} does not exist: {workdir!r} is not a training workdir "
             "(experiments/train.py writes config.json and checkpoints/ there)."
         )
-    with open(path, encoding="utf-8") as f:
-        cfg = _field(json.load(f), "")
+    cfg = _field(json.loads(storage.read_text(path)), "")
     _fill_defaults(cfg)
     return cfg

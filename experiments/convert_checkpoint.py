@@ -9,7 +9,10 @@ r"""Converts checkpoints: Hugging Face directory <-> workdir, and between layer 
 tokenizer files) of a family t5x_like.interop converts (GPT-2, LLaMA / Llama 3, Mistral,
 Qwen2/2.5, Qwen3, T5), and writes a workdir: config.json (the model section from the HF config,
 data.vocab_path pointing at the copied tokenizer in <workdir>/tokenizer), checkpoints/0/ (the
-params, a fresh optimizer state) and the tokenizer. `eval.py --workdir`, `infer.py --workdir` and
+params, a fresh optimizer state) and the tokenizer. The weights stream from the safetensors
+shards straight onto all devices, sharded over fsdp (t5x_like/interop/streaming.py): each device
+reads its own slice, so the import holds about one param on the host, never the whole model.
+`eval.py --workdir`, `infer.py --workdir` and
 `train.py --config.train.init_from=<workdir>` use it as they use a training run's (set
 data.dataset / data.data_dir with --config.data.* for the text they read). --to_hf writes a
 checkpoint of a workdir (default: the latest) as an HF directory that `from_pretrained` loads,
@@ -33,13 +36,14 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 
 from t5x_like import checkpointing, layout, partitioning
 from t5x_like import config as config_lib
@@ -208,13 +212,28 @@ def hf_workdir_config(hf_dir: str, workdir: str, scan_layers: bool = False) -> A
         if field.name not in cfg.model:
             raise ValueError(f"model.{field.name} has no config field: add it to config.SCHEMA.")
         cfg.model[field.name] = getattr(model, field.name)
-    model_family = _model_family_name(family.target.module)
+    extra = registry.workdir_config(hf_dir)  # BERT: its family, head and task.
+    model_family = extra.get("model", {}).get("family") or _model_family_name(family.target.module)
     if model_family is None:
         raise ValueError(f"{family.label} checkpoints do not convert to a workdir yet.")
     cfg.model.family = model_family
     cfg.data.vocab_path = os.path.join(workdir, TOKENIZER_DIR)
     cfg.data.extra_ids = 0
+    for section, values in extra.items():
+        cfg[section].update(values)
     return cfg
+
+
+def _import_mesh(cfg: Any) -> tuple[Any, list[Any]]:
+    """`cfg` and devices for an import: params sharded over fsdp along d_model on as many
+    devices as divide it (all of them, for real models), so no device holds the whole model.
+    The saved config keeps its own mesh; Orbax restores onto any."""
+    fsdp = math.gcd(jax.device_count(), cfg.model.d_model)
+    mesh_cfg = copy.deepcopy(cfg)
+    mesh_cfg.mesh.update(data=1, fsdp=fsdp, tensor=1, num_slices=1)
+    mesh_cfg.partitioning.preset = "fsdp"
+    mesh_cfg.train.batch_size = fsdp  # Only shapes are traced; a multiple of the mesh.
+    return mesh_cfg, jax.devices()[:fsdp]
 
 
 def convert_from_hf(hf_dir: str, workdir: str, scan_layers: bool = False) -> str:
@@ -226,7 +245,7 @@ def convert_from_hf(hf_dir: str, workdir: str, scan_layers: bool = False) -> str
       ValueError: a family or setting we do not convert (naming it), or a non-empty workdir.
     """
     from t5x_like.data import tokenizers, vocab
-    from t5x_like.interop import registry
+    from t5x_like.interop import registry, streaming
     from t5x_like.training.train_state import TrainState
 
     hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
@@ -239,19 +258,18 @@ def convert_from_hf(hf_dir: str, workdir: str, scan_layers: bool = False) -> str
     cfg = hf_workdir_config(hf_dir, workdir, scan_layers)
     family = registry.family_for(hf_dir)
     model_config = family.config_from_hf(hf_dir, scan_layers=scan_layers)
-    params = family.import_weights(hf_dir, model_config)
+    plan = streaming.plan_import(family, hf_dir, model_config)  # Headers only: checked first.
 
     tokenizer_dir = cfg.data.vocab_path
     tokenizers.copy_tokenizer_files(hf_dir, tokenizer_dir)
     tokenizer = vocab.load_tokenizer(tokenizer_dir)  # Fails here, not in eval.py.
 
-    exp = experiment.assemble_experiment(
-        _one_device(cfg), vocab=tokenizer, devices=jax.devices()[:1]
-    )
+    import_cfg, devices = _import_mesh(cfg)
+    exp = experiment.assemble_experiment(import_cfg, vocab=tokenizer, devices=devices)
     abstract, shardings = experiment.state_shardings(exp)
-    # In the param dtype of the config, on the abstract state's shardings (one device).
-    params = jax.tree_util.tree_map(lambda x, a: x.astype(a.dtype), params, abstract.params)
-    params = jax.device_put(params, shardings.params)
+    # Streamed from the safetensors shards straight into the param dtype and shardings: each
+    # device's shard is read on its own, never the whole model on the host.
+    params = plan.place(abstract.params)
     opt_state = jax.jit(exp.tx.init, out_shardings=shardings.opt_state)(params)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -301,12 +319,30 @@ def _export_family(model_config: Any, model_family: str, name: str | None) -> An
     )
 
 
+def _trained_vocab(cfg: Any) -> Any:
+    """The SentencePiece vocabulary a run without data.vocab_path trained and cached (as
+    `vocab.load_or_train_vocab` finds it), or None (with a warning) where it is not there."""
+    from t5x_like.data import sources, vocab
+
+    data = cfg.data
+    cache = vocab.vocab_cache_path(
+        sources.resolve_data_dir(data.data_dir),
+        data.get("vocab_dataset") or data.dataset,
+        data.vocab_size,
+        data.train_split,
+    )
+    if not os.path.isfile(cache):
+        logging.warning("No tokenizer files written: the run's vocabulary %s is not there.", cache)
+        return None
+    return vocab.SentencePieceVocab.load(cache, extra_ids=data.extra_ids)
+
+
 def convert_to_hf(
     workdir: str, hf_dir: str, step: int | None = None, family_name: str | None = None
 ) -> str:
     """Writes checkpoint `step` (None: the latest) of `workdir` as an HF directory (config.json,
-    model.safetensors, tokenizer files when the workdir's tokenizer is an HF one); returns the
-    family's architecture."""
+    model.safetensors, and the tokenizer's files: an imported model's own, or our SentencePiece
+    vocabulary's as a T5Tokenizer); returns the family's architecture."""
     from t5x_like.data import tokenizers, vocab
     from t5x_like.experiment.restore import checkpoint_dir, resolve_checkpoint
     from t5x_like.layers.config import TransformerConfig
@@ -319,6 +355,8 @@ def convert_to_hf(
     vocab_path = cfg.data.vocab_path
     if vocab_path:
         tokenizer = vocab.load_tokenizer(vocab_path, extra_ids=cfg.data.extra_ids)
+    else:
+        tokenizer = _trained_vocab(cfg)
     one = _one_device(cfg)
     if one.model.vocab_size is None:
         if tokenizer is None:
@@ -334,8 +372,12 @@ def convert_to_hf(
         reader.close()
     model_config = dataclasses.replace(model_config, vocab_size=one.model.vocab_size)
     family.save_hf_checkpoint(params, model_config, hf_dir)
-    if tokenizer is not None and os.path.isdir(vocab_path):
+    if tokenizer is not None and vocab_path and os.path.isdir(vocab_path):
         tokenizers.copy_tokenizer_files(vocab_path, hf_dir)
+    elif isinstance(tokenizer, vocab.SentencePieceVocab):  # Our own pretraining vocabulary.
+        from t5x_like.interop import tokenizer_export
+
+        tokenizer_export.write_sentencepiece_tokenizer(tokenizer, hf_dir)
     if tokenizer is not None:  # The model's own special ids, not our vocabularies' defaults.
         path = os.path.join(hf_dir, "config.json")
         with open(path, encoding="utf-8") as f:

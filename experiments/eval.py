@@ -11,7 +11,10 @@ another file; either way `--config.<section>.<field>=value` overrides any field,
 Only the params are restored (never the optimizer state), straight into this mesh's shardings.
 
 Reports loss, cross-entropy, perplexity and token accuracy over the split, plus accuracy, exact
-match and BLEU of greedily decoded text with --decode_batches > 0 (encoder-decoder runs), and a
+match, BLEU and ROUGE-L of decoded text with --decode_batches > 0 (encoder-decoder runs, and
+decoder-only SFT runs: each eval prompt's generation against its completion; the config's
+train.decode_strategy / decode_stop / ... say how to decode, e.g.
+--config.train.decode_stop="('\n',)"), and a
 fine-tuned encoder-only run's task metrics (task_accuracy, task_f1_macro, task_mcc,
 task_entity_f1, task_exact_match, ...: t5x_like/experiment/task_eval.py). The
 JSON report goes to --output (default <workdir>/eval/step_<N>.json), decodes next to it.
@@ -47,8 +50,8 @@ _NUM_BATCHES = flags.DEFINE_integer(
 _DECODE_BATCHES = flags.DEFINE_integer(
     "decode_batches",
     None,
-    "Batches to greedily decode for accuracy/exact match/BLEU of the text (encoder-decoder "
-    "runs); default: the config's train.decode_batches.",
+    "Batches to decode for accuracy/exact match/BLEU/ROUGE-L of the text (encoder-decoder "
+    "runs, decoder-only data.task=sft runs); default: the config's train.decode_batches.",
     lower_bound=0,
 )
 _OUTPUT = flags.DEFINE_string(

@@ -114,7 +114,9 @@ def _flip(workdir: str, rng: random.Random) -> tuple[int, str] | None:
     step = steps[-1] if rng.random() < 0.7 or len(steps) == 1 else rng.choice(steps[:-1])
     root = os.path.join(workdir, "checkpoints", str(step))
     files = [
-        os.path.join(d, n) for d, _, names in os.walk(root) for n in names
+        os.path.join(d, n)
+        for d, _, names in os.walk(root)
+        for n in names
         if os.path.getsize(os.path.join(d, n)) >= 4
     ]
     # A byte of the disk at random: a file in proportion to its size.
@@ -211,9 +213,7 @@ def main(argv: list[str]) -> None:
             ok = True
         if final and code != 0:
             # Right only when every kept checkpoint was damaged: then refusing is correct.
-            ok = bool(committed) and set(committed) <= damaged and (
-                "can be restored" in stderr
-            )
+            ok = bool(committed) and set(committed) <= damaged and ("can be restored" in stderr)
         wrong += not ok
         damaged = {s for s in damaged if s in _committed(soaked)}  # Moved aside: gone.
         where = f"resumed from {resumed_step}" if decided else "killed before resuming"

@@ -18,12 +18,18 @@ one axis. Both flags may be repeated. Base overrides for every run: `--override=
 
 Every run's config is built and validated before anything starts; an unknown field or a value of
 the wrong type is an error naming the field. Run `<name>` lives in `<workdir>/<name>` (e.g.
-`num_layers=2,learning_rate=0.001`), described in `<workdir>/sweep.json`.
+`num_layers=2+learning_rate=0.001`: no commas or other characters a shell or report.py's
+`--workdirs=a,b` would split), described in `<workdir>/sweep.json`.
 
 --launch=local (default) runs them one after another as child processes (output in
 `<run>/train.log`), skipping runs already finished (a train record and a checkpoint at
 train.steps), then writes `results.csv`, `results.md` and `results.png` into --workdir and prints
-the table; the exit code is 1 if a run failed. --launch=print prints each run's command, one
+the table; the exit code is 1 if a run failed. The table is sorted by --metric (default
+eval_loss; lower is better for losses and perplexities, higher for accuracies, BLEU, MFU and
+tokens/s, or as --metric_mode says), the best run marked `*`, with each run's swept values,
+status, final step, parameter count, tokens/s, final metrics and, for a failed run, the line of
+its train.log saying why. `experiments/report.py --sweep=<workdir>` plots every run's curves in
+one figure. --launch=print prints each run's command, one
 shell-quoted line each; --launch=script writes `launch.sh` (`bash launch.sh [I]`) and a SLURM array
 script `sweep.sbatch`; neither runs anything. Every mode writes `<workdir>/sweep.json` (the spec
 and each run's name, workdir, values and command), which --collect_only reads.
@@ -90,6 +96,20 @@ _PYTHON = flags.DEFINE_string(
 _RUN_TIMEOUT = flags.DEFINE_float(
     "run_timeout", None, "Seconds after which a local run is stopped and marked failed."
 )
+_METRIC = flags.DEFINE_string(
+    "metric",
+    None,
+    "Target metric the results are sorted by: eval_<key> or train_<key> of the runs' last "
+    "logged records (eval_loss, eval_accuracy, eval_decode_bleu, train_loss, ...), "
+    "tokens_per_sec or params. Default: the one recorded in sweep.json, else eval_loss.",
+)
+_METRIC_MODE = flags.DEFINE_enum(
+    "metric_mode",
+    None,
+    ["auto", "min", "max"],
+    "Whether lower (min) or higher (max) --metric is better; auto: by its name (losses and "
+    "perplexities min, accuracies/BLEU/MFU/throughput max). Default: recorded, else auto.",
+)
 
 _PASSTHROUGH = re.compile(r"^--?config\.")
 _passthrough_overrides: list[str] = []
@@ -111,11 +131,24 @@ def _base_config(argv: list[str]) -> Any:
     return sweep.load_config(_CONFIG.value, overrides)[0]
 
 
-def _collect(root: str) -> list[dict]:
+def _target_metric(root: str | None = None) -> tuple[str, str]:
+    """(metric, mode): the flags, else what `root`'s sweep.json recorded, else the defaults."""
+    recorded = sweep.load_sweep_metric(root) if root else None
+    metric, mode = recorded or (sweep.DEFAULT_METRIC, "auto")
+    metric, mode = _METRIC.value or metric, _METRIC_MODE.value or mode
+    if not re.fullmatch(r"(eval|train)_\w+|tokens_per_sec|params|wall_s", metric):
+        raise ConfigError(
+            f"--metric={metric} is not a result column: use eval_<key> or train_<key> of the "
+            "runs' metrics (eval_loss, eval_accuracy, train_loss, ...), tokens_per_sec or params."
+        )
+    return metric, mode
+
+
+def _collect(root: str, metric: str, mode: str) -> list[dict]:
     fields, runs = sweep.load_sweep_json(root)
-    rows = sweep.collect(fields, runs)
-    paths = sweep.write_results(root, fields, rows)
-    print(sweep.markdown_table(fields, rows), end="")
+    rows = sweep.rank(sweep.collect(fields, runs), metric, mode)
+    paths = sweep.write_results(root, fields, rows, metric, mode)
+    print(sweep.markdown_table(fields, rows, metric, mode), end="")
     logging.info("Results: %s", ", ".join(paths))
     return rows
 
@@ -127,8 +160,9 @@ def main(argv: list[str]) -> None:
     root = _WORKDIR.value
     try:
         if _COLLECT_ONLY.value:
-            _collect(root)
+            _collect(root, *_target_metric(root))
             return
+        metric = _target_metric(root)
         spec = sweep.SweepSpec(
             config=_CONFIG.value,
             overrides=[*_OVERRIDE.value, *_passthrough_overrides],
@@ -141,7 +175,7 @@ def main(argv: list[str]) -> None:
         fields, runs = sweep.plan(spec, root, device_count=devices, python=_PYTHON.value)
     except (FileNotFoundError, ConfigError) as e:
         sys.exit(f"Error: {e}")
-    path = sweep.write_sweep_json(root, spec, fields, runs)
+    path = sweep.write_sweep_json(root, spec, fields, runs, metric)
     logging.info("Sweep of %d runs over %s: %s", len(runs), ", ".join(fields), path)
 
     if _LAUNCH.value == "print":
@@ -153,7 +187,10 @@ def main(argv: list[str]) -> None:
         print(f"Wrote {launch} (bash {launch} [I]) and {sbatch} (sbatch {sbatch}).")
         return
     outcome = sweep.launch_local(runs, timeout_s=_RUN_TIMEOUT.value)
-    _collect(root)
+    try:
+        _collect(root, *metric)
+    except ConfigError as e:
+        sys.exit(f"Error: {e}")
     unfinished = {
         result: [name for name, r in outcome.items() if r == result]
         for result in ("failed", "stopped")

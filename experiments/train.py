@@ -5,7 +5,9 @@ r"""Pretrains or fine-tunes a model from a config file; reruns resume from the w
       --config.train.steps=50  # any config field can be overridden like this
 
 Writes into --workdir: config.json (the resolved config), checkpoints/<step>/, metrics.jsonl and
-TensorBoard event files under tensorboard/.
+TensorBoard event files under tensorboard/. --workdir may be a local path or a gs://bucket/run or
+s3://bucket/run URL (the `cloud` extra; credentials from the environment, see BUILD.md); on an
+object store the metrics are per-interval objects under metrics/ (t5x_like/storage.py).
 """
 
 import os
@@ -30,7 +32,10 @@ _CONFIG = ConfigFlag(
     "configs/decoder_only.py. Override any field with --config.<section>.<field>=value.",
 )
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and config.json; reused to resume."
+    "workdir",
+    None,
+    "Directory (local, gs://bucket/path or s3://bucket/path) for checkpoints, metrics and "
+    "config.json; reused to resume.",
 )
 flags.mark_flag_as_required("workdir")
 

@@ -31,9 +31,6 @@ so that the interval a resumed run logs covers the same steps as an uninterrupte
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import time
 from typing import Any
 
@@ -43,7 +40,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from t5x_like import checksums, log_setup
+from t5x_like import checksums, log_setup, storage
 from t5x_like.collectives import any_process
 from t5x_like.errors import ConfigError
 from t5x_like.partitioning import path_names
@@ -74,8 +71,11 @@ def _shape_problems(saved_tree: Any, wanted_tree: Any) -> list[str]:
         f"{name}: saved {saved.get(name, 'nothing')}, model {shape}"
         for name, shape in wanted.items()
         if saved.get(name) != shape
-    ] + [f"{name}: saved {shape}, not in the model" for name, shape in saved.items()
-         if name not in wanted]
+    ] + [
+        f"{name}: saved {shape}, not in the model"
+        for name, shape in saved.items()
+        if name not in wanted
+    ]
 
 
 def _json_records(records: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -143,7 +143,9 @@ class Checkpointer:
     ):
         """`read_only`: for readers of another run's checkpoints (fine-tuning, evaluation,
         inference), which must never save into or prune them."""
-        self.directory = os.path.abspath(os.path.expanduser(directory))
+        self.directory = storage.resolve(directory)
+        if storage.scheme(self.directory) == "s3":
+            storage.install_orbax_s3_adapter()
         self._pending: int | None = None  # Step of the save that may still be running.
         self._failed = False  # A save error was raised already (close must not raise it).
         if not read_only:
@@ -156,6 +158,8 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
+            # s3:// cannot rename a temporary directory: commit-file protocol there.
+            atomicity_options=storage.atomicity_options(self.directory),
         )
         # Read-only is what a reader asks for; Orbax warns about it all the same.
         with log_setup.without_message("Given directory is read only"):
@@ -169,12 +173,12 @@ class Checkpointer:
         """Logs the tmp dirs of saves that never committed; Orbax removes them on start."""
         if jax.process_index() != 0:
             return
-        leftovers = sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
+        leftovers = storage.glob_names(self.directory, "*.orbax-checkpoint-tmp*")
         if leftovers:
             logging.warning(
                 "Removing %d unfinished checkpoint save(s) left by an interrupted run: %s.",
                 len(leftovers),
-                ", ".join(os.path.basename(p) for p in leftovers),
+                ", ".join(leftovers),
             )
 
     def latest_step(self) -> int | None:
@@ -296,7 +300,7 @@ class Checkpointer:
 
     def _has_item(self, step: int, item: str) -> bool:
         """Whether `step` holds `item` (checkpoints of older versions lack the newer items)."""
-        return os.path.isdir(os.path.join(self.directory, str(step), item))
+        return storage.isdir(storage.join(self.directory, str(step), item))
 
     def _has_integrity(self, step: int) -> bool:
         """Whether `step` carries checksums (checkpoints of older versions do not)."""
@@ -342,7 +346,7 @@ class Checkpointer:
             )
 
     def _check_state_fits(self, step: int, abstract_state: TrainState) -> None:
-        path = os.path.join(self.directory, str(step), "state")
+        path = storage.join(self.directory, str(step), "state")
         tree = _saved_tree(path)
         if not isinstance(tree, dict):
             return  # Not our layout: the restore itself reports what it finds.
@@ -409,10 +413,10 @@ class Checkpointer:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         for step, error in failures:
-            source = os.path.join(self.directory, str(step))
+            source = storage.join(self.directory, str(step))
             target = f"{source}.corrupt-{stamp}"
             if jax.process_index() == 0:
-                shutil.move(source, target)
+                storage.move(source, target)
             logging.warning(
                 "Checkpoint %s is not usable (%s); moved it aside to %s and resuming from the "
                 "newest usable checkpoint.",
@@ -485,7 +489,7 @@ class Checkpointer:
           ConfigError: a param both have whose shapes differ (naming it and both shapes).
         """
         step = self.resolve_step(step)
-        tree = _saved_tree(os.path.join(self.directory, str(step), "state"))
+        tree = _saved_tree(storage.join(self.directory, str(step), "state"))
         saved_params = tree["params"] if isinstance(tree, dict) and "params" in tree else {}
         saved = {"/".join(path_names(p)): tuple(x.shape) for p, x in _flat_with_paths(saved_params)}
         wanted = {"/".join(path_names(p)): x for p, x in _flat_with_paths(abstract_params)}
@@ -522,7 +526,7 @@ class Checkpointer:
     def _check_param_shapes(self, step: int, abstract_params: Any) -> None:
         """ConfigError naming the params whose saved shapes differ from the model's, read from
         the checkpoint's metadata before any array is."""
-        path = os.path.join(self.directory, str(step), "state")
+        path = storage.join(self.directory, str(step), "state")
         tree = _saved_tree(path)
         if not isinstance(tree, dict) or "params" not in tree:
             return  # Not our layout: the restore itself reports what it finds.

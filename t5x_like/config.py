@@ -274,6 +274,56 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             **_POSITIVE,
         ),
         Field(
+            "global_every",
+            int,
+            None,
+            "With sliding_window: every global_every-th layer attends to all tokens, the others "
+            "within the window (Gemma 2: 2, Gemma 3: 6); None: every layer within the window.",
+            **_POSITIVE,
+        ),
+        Field(
+            "rope_local_theta",
+            float,
+            None,
+            "RoPE base of the sliding-window layers, which then take no RoPE scaling (Gemma 3: "
+            "1e4); None: rope_theta.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0, or None.",
+        ),
+        Field(
+            "attn_logit_softcap",
+            float,
+            None,
+            "Attention logits -> cap * tanh(logits / cap) (Gemma 2: 50); None: uncapped.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0, or None.",
+        ),
+        Field(
+            "final_logit_softcap",
+            float,
+            None,
+            "LM head logits -> cap * tanh(logits / cap) (Gemma 2: 30; needs "
+            "train.loss_chunk_size=0); None: uncapped.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0, or None.",
+        ),
+        Field(
+            "query_pre_attn_scalar",
+            float,
+            None,
+            "Attention logits scaled by this**-0.5 instead of head_dim**-0.5 (Gemma 2 / 3); "
+            "None: head_dim.",
+            check=_above_zero,
+            error="{field}={value} must be a finite number > 0, or None.",
+        ),
+        Field(
+            "post_branch_norm",
+            bool,
+            False,
+            "Pre-norm layers also normalise each branch's output before the residual add "
+            "(Gemma 2 / 3's four norms per layer).",
+        ),
+        Field(
             "dropout_rate",
             float,
             0.0,
@@ -367,8 +417,17 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             str,
             "t5x_like_corpus",
             "A TFDS dataset prepared as array_record under data_dir (t5x_like_corpus and "
-            "t5x_like_docstrings are built on the spot; nothing is downloaded), or JSONL: a "
-            ".jsonl file (split train) or a directory of <split>.jsonl files.",
+            "t5x_like_docstrings are built on the spot; nothing is downloaded), or your own "
+            "files: a .txt, .jsonl or .tsv file or glob (split train) or a directory of "
+            "<split>.txt/.jsonl/.tsv files.",
+        ),
+        Field(
+            "text_sample_by",
+            str,
+            "paragraph",
+            "A .txt data.dataset's documents: blank-line-separated paragraphs, lines, or one "
+            "per file (document).",
+            choices=("paragraph", "line", "document"),
         ),
         Field(
             "data_dir", str, None, "TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets."
@@ -563,9 +622,53 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
             "decode_batches",
             int,
             0,
-            "Encoder-decoder only: batches greedily decoded per eval for text metrics.",
+            "Batches decoded per eval for text metrics (encoder_decoder; decoder_only on "
+            "data.task=sft), examples in decodes/step_N.jsonl.",
             check=_integer_at_least_zero,
             error="{field}={value!r} must be an integer >= 0 (0 disables decoding).",
+        ),
+        Field(
+            "decode_strategy",
+            str,
+            "greedy",
+            "How decode_batches decode (t5x_like/decoding.py).",
+            choices=("greedy", "sample", "beam"),
+        ),
+        Field(
+            "decode_temperature",
+            float,
+            1.0,
+            "decode_strategy=sample: the sampling temperature.",
+            check=_above_zero,
+            error="{field}={value!r} must be a number > 0.",
+        ),
+        Field(
+            "decode_top_k",
+            int,
+            0,
+            "decode_strategy=sample: sample among the k most likely tokens (0: all).",
+            check=_integer_at_least_zero,
+            error="{field}={value!r} must be an integer >= 0 (0 disables it).",
+        ),
+        Field(
+            "decode_top_p",
+            float,
+            1.0,
+            "decode_strategy=sample: nucleus probability mass (1.0: all).",
+            check=lambda v: _number(v) and 0 < v <= 1,
+            error="{field}={value!r} must be in (0, 1] (1 disables it).",
+        ),
+        Field("decode_num_beams", int, 4, "decode_strategy=beam: beams per row.", **_POSITIVE),
+        Field(
+            "decode_stop",
+            tuple,
+            (),
+            "Stop strings, e.g. ('\\n',): each prediction is cut at the first one (and greedy "
+            "or sampled rows stop there when the vocabulary spells it as tokens).",
+            check=lambda v: (
+                isinstance(v, (tuple, list)) and all(isinstance(s, str) and s for s in v)
+            ),
+            error="{field}={value!r} must be a tuple of non-empty strings, e.g. ('\\n',).",
         ),
         Field(
             "checkpoint_every",

@@ -13,6 +13,9 @@ id, T5's start token; the encoder runs once and its projected keys/values are ca
 The loop is a prefill over the prompt (the LM head at its last position only) followed by
 one-token steps, each attending over the cache (`layers.attention`, heads-major so XLA reads it
 in place), until every row has emitted EOS or `max_new_tokens` are out.
+Greedy and sampled rows also end on a `stop_ids` sequence (stop strings' tokens, when the
+caller has them; `cut_at_stop` cuts the decoded text at the strings themselves, which is what
+counts: a stop string can be generated as other tokens; beam search leaves stops to the text).
 Sampling draws from `fold_in(PRNGKey(seed), step)`, so a seed reproduces its samples. Beam
 search ranks beams by their summed log-probability and picks each row's best finished beam by
 that sum divided by the GNMT length penalty ((5 + length) / 6) ** length_penalty.
@@ -34,7 +37,15 @@ from t5x_like import models
 from t5x_like.layers import xla_cpu
 from t5x_like.models.decoder_only import left_pad
 
-__all__ = ["CachedDecoder", "DecodeConfig", "DecodeOutput", "generate", "left_pad"]
+__all__ = [
+    "CachedDecoder",
+    "DecodeConfig",
+    "DecodeOutput",
+    "cut_at_stop",
+    "generate",
+    "left_pad",
+    "stop_token_ids",
+]
 
 PAD_ID = 0  # Also T5's decoder start token.
 STRATEGIES = ("greedy", "sample", "beam")
@@ -53,6 +64,9 @@ class DecodeConfig:
       num_beams: beams per row for beam search.
       length_penalty: GNMT alpha for beam search (0: rank finished beams by raw log-prob).
       seed: sampling seed.
+      stop_ids: token sequences that end a row once it has generated one (besides EOS), e.g.
+        the ids of a stop string (`stop_token_ids`); the sequence stays in the output. Text-level
+        stop strings are applied afterwards by `cut_at_stop`, which this only makes faster.
     """
 
     strategy: str = "greedy"
@@ -63,6 +77,7 @@ class DecodeConfig:
     num_beams: int = 4
     length_penalty: float = 0.6
     seed: int = 0
+    stop_ids: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -89,6 +104,8 @@ class DecodeConfig:
                 f"length_penalty={self.length_penalty} must be a finite number >= 0 "
                 "(0: rank beams by their summed log-probability; T5 uses 0.6)."
             )
+        if any(not seq for seq in self.stop_ids):
+            raise ValueError(f"stop_ids={self.stop_ids!r}: every stop sequence needs a token.")
 
 
 class DecodeOutput(NamedTuple):
@@ -227,6 +244,7 @@ def _sample_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOut
         scores = scores + jnp.where(done, 0.0, picked)
         tokens = tokens.at[:, i].set(token)
         done = done | jnp.isin(token, jnp.asarray(eos_id))
+        done = done | _ends_with_stop(tokens, i, config.stop_ids)
         ones = jnp.ones((batch, 1), jnp.int32)
         logits, cache = decoder.step(cache, token[:, None], ones, positions[:, None])
         return i + 1, cache, logits[:, -1], tokens, done, scores, positions + 1
@@ -246,6 +264,41 @@ def _sample_loop(decoder, cache, logits, positions, config, eos_id) -> DecodeOut
     )
     _, _, _, tokens, _, scores, _ = jax.lax.while_loop(cond, body, init)
     return DecodeOutput(tokens, scores, _lengths(tokens, eos_id))
+
+
+def _ends_with_stop(
+    tokens: jax.Array, i: jax.Array, stop_ids: tuple[tuple[int, ...], ...]
+) -> jax.Array:
+    """[B] bool: whether row b's tokens[b, : i + 1] end with one of the `stop_ids` sequences."""
+    hit = jnp.zeros(tokens.shape[:-1], bool)
+    for seq in stop_ids:
+        n = len(seq)
+        if n > tokens.shape[-1]:
+            continue  # Longer than the whole output: it can never be generated.
+        tail = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(i + 1 - n, 0), n, axis=-1)
+        hit = hit | ((i + 1 >= n) & jnp.all(tail == jnp.asarray(seq, tokens.dtype), axis=-1))
+    return hit
+
+
+def stop_token_ids(vocab: Any, stop: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The `DecodeConfig.stop_ids` of stop strings: each string's token ids when they decode
+    back to exactly that string (so a row ending in them contains it); a string the vocabulary
+    renders otherwise (a leading space SentencePiece drops, say) is left to `cut_at_stop`."""
+    ids = []
+    for text in stop:
+        encoded = tuple(int(t) for t in vocab.encode(text))
+        if encoded and vocab.decode(encoded) == text and encoded not in ids:
+            ids.append(encoded)
+    return tuple(ids)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop:
+        if s and (at := text.find(s)) >= 0:
+            cut = min(cut, at)
+    return text[:cut]
 
 
 def _lengths(tokens: jax.Array, eos_id: tuple[int, ...]) -> jax.Array:

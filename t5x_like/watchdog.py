@@ -108,9 +108,7 @@ class Watchdog:
 
     def _message(self, waited: float) -> str:
         at = f" at step {self._step}" if self._step is not None else ""
-        dump = (
-            f"; thread stacks in {self._dump_path()}" if self.dump_dir is not None else ""
-        )
+        dump = f"; thread stacks in {self._dump_path()}" if self.dump_dir is not None else ""
         return (
             f"Watchdog: no progress for {waited:.0f}s in {self._what}{at} on {self.host} "
             f"(train.watchdog_s={self.timeout_s:g}): a hung collective, save or barrier, or a "

@@ -3,7 +3,12 @@
 `WorkdirLock` holds an exclusive `fcntl.flock` on `<workdir>/.lock` (process 0 only). The OS
 drops the lock when its process dies, however it dies, so a crashed run never leaves a stale
 lock; the file only records who holds it, for the error message. (flock is reliable on local
-disks; on NFS it depends on the mount: there, two runs on one workdir are not detected.)
+disks; on NFS it depends on the mount: there, two runs on one workdir are not detected.) On an
+object store (gs://, s3://) it holds a renewed lease object instead (`storage.LeaseLock`): a
+crashed run's lease expires after `LEASE_TTL_S` and the next run takes it over.
+
+Every file operation goes through t5x_like/storage.py, so a workdir may be a local path or an
+object-store URL; `check_workdir` probes an object store before anything is built.
 
 `check_config_change` compares the config about to resume with the `config.json` the workdir's
 previous run saved, before anything compiles or restores: fields that change the shapes or
@@ -14,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import glob
 import json
 import os
 import shutil
@@ -26,11 +30,14 @@ import jax
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import collectives
+from t5x_like import collectives, storage
 from t5x_like import config as config_lib
 from t5x_like.errors import ConfigError
 
 LOCK_FILE = ".lock"
+# How long an object-store lease outlives its last renewal (renewed every third of it): a
+# crashed run blocks a relaunch on the same workdir for at most this long.
+LEASE_TTL_S = float(os.environ.get("T5X_LIKE_LEASE_TTL_S", "60"))
 
 # Model fields that change how the model computes but not its parameters: free to change on
 # resume. Every other model field is taken to change the parameter shapes or layout.
@@ -60,8 +67,7 @@ def read_saved_config(path: str, fix: str) -> dict[str, Any]:
     Raises:
       ConfigError: the file is empty, not UTF-8, not JSON or not a JSON object (naming it).
     """
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = storage.read_bytes(path)
     problem = None
     if not raw.strip():
         problem = "is empty"
@@ -104,10 +110,17 @@ def check_workdir(workdir: str, needed_bytes: int = 0) -> None:
     that can be made), writable, with at least `needed_bytes` free on its disk (one
     checkpoint's estimate; 0 skips the check).
 
+    On an object store (gs://, s3://): that the bucket is reachable and writable with this
+    machine's credentials (`storage.check_reachable`); there is no disk to measure.
+
     Raises:
       WorkdirError: naming --workdir, the problem and the figure.
+      storage.StorageError: an object store that is unreachable or refuses the credentials.
     """
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = storage.resolve(workdir)
+    if storage.is_remote(workdir):
+        storage.check_reachable(workdir)
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(
             f"--workdir={workdir} is a file, not a directory: pass a directory (a new one is "
@@ -142,18 +155,33 @@ class WorkdirLock:
     """
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        workdir = storage.resolve(workdir)
+        self.path = storage.join(workdir, LOCK_FILE)
         self._fd: int | None = None
+        self._lease = (
+            storage.LeaseLock(self.path, LEASE_TTL_S) if storage.is_remote(workdir) else None
+        )
 
     def __enter__(self) -> WorkdirLock:
-        holder = self._acquire() if jax.process_index() == 0 else None
+        holder = None
+        if jax.process_index() == 0:
+            holder = self._lease.acquire() if self._lease is not None else self._acquire()
         if collectives.any_process(holder is not None):
             holder = holder or f"its details are in {self.path}"
+            if self._lease is not None:
+                released = (
+                    f"A run that dies without releasing it leaves a lease that expires "
+                    f"{LEASE_TTL_S:.0f}s after its last renewal; then a relaunch takes it over."
+                )
+            else:
+                released = (
+                    "The lock is released by the OS when its process exits, so a crashed run "
+                    "never blocks a relaunch."
+                )
             raise WorkdirLockedError(
-                f"The workdir {os.path.dirname(self.path)} is in use by another training run "
+                f"The workdir {storage.dirname(self.path)} is in use by another training run "
                 f"({holder}). Wait for that run to finish or stop it, or pass another "
-                "--workdir. The lock is released by the OS when its process exits, so a "
-                "crashed run never blocks a relaunch."
+                f"--workdir. {released}"
             )
         return self
 
@@ -178,6 +206,8 @@ class WorkdirLock:
         return None
 
     def __exit__(self, *exc_info: Any) -> None:
+        if self._lease is not None:
+            self._lease.release()
         if self._fd is not None:
             # Closing the descriptor releases the flock; the file stays (harmless, and
             # removing it would race with a run that is opening it).
@@ -225,8 +255,7 @@ def _is_structural(field: str, saved: dict[str, Any], now: dict[str, Any]) -> bo
 
 
 def _has_checkpoints(workdir: str) -> bool:
-    steps = glob.glob(os.path.join(workdir, "checkpoints", "[0-9]*"))
-    return any(os.path.basename(p).isdigit() for p in steps)
+    return any(name.isdigit() for name in storage.listdir(storage.join(workdir, "checkpoints")))
 
 
 def config_diff(saved: dict[str, Any], cfg: config_dict.ConfigDict) -> tuple[list, list]:
@@ -285,8 +314,8 @@ def check_init_from_config(cfg: config_dict.ConfigDict, source_workdir: str) -> 
     Raises:
       ConfigChangeError: naming the fields and their saved values.
     """
-    path = os.path.join(source_workdir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(source_workdir, "config.json")
+    if not storage.isfile(path):
         logging.warning("train.init_from %s has no config.json: its model is not compared.", path)
         return
     saved = read_saved_config(path, "Restore it, or point train.init_from at another workdir.")
@@ -317,8 +346,8 @@ def check_config_change(cfg: config_dict.ConfigDict, workdir: str) -> None:
     Raises:
       ConfigChangeError: listing the conflicting fields and the ways out.
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.isfile(path):
         return
     saved = read_saved_config(
         path,
@@ -353,3 +382,10 @@ def check_config_change(cfg: config_dict.ConfigDict, workdir: str) -> None:
         f"one (--config=configs/saved_run.py:{workdir}), or pass "
         "--config.train.allow_config_change=True to try anyway."
     )
+
+
+def save_config(cfg: config_dict.ConfigDict, workdir: str) -> str:
+    """Writes `<workdir>/config.json` whole (atomically, local or object store); its path."""
+    path = storage.join(storage.resolve(workdir), "config.json")
+    storage.write_text(path, config_lib.to_json(cfg) + "\n")
+    return path

@@ -15,6 +15,7 @@ from typing import Any
 
 from absl import flags
 
+from t5x_like import storage
 from t5x_like.cli import ConfigFlag
 from t5x_like.errors import ConfigError
 from t5x_like.experiment.restore import checkpoint_dir
@@ -50,13 +51,16 @@ class WorkdirConfig:
         early(argv, known_only=True)
         default = None
         if early.workdir:
-            workdir = os.path.abspath(os.path.expanduser(early.workdir))
+            workdir = storage.resolve(early.workdir)  # A local path or gs:// / s3:// URL.
             try:
+                # A bucket out of reach is one line here, not a listing retried for minutes;
+                # the scripts write their reports into the workdir, so writing is probed too.
+                storage.check_reachable(workdir)
                 checkpoint_dir(workdir)
                 if not any(re.match(r"^--?config=", a) for a in argv):
                     # The default config is this file: a damaged one is named, in one line.
                     read_saved_config(
-                        os.path.join(workdir, "config.json"),
+                        storage.join(workdir, "config.json"),
                         "Restore it from a copy of the run, or pass the run's config file "
                         "with --config=configs/<file>.py and its --config.<field> overrides.",
                     )

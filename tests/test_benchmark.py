@@ -198,7 +198,7 @@ def test_step_profile_credits_untraced_gaps_to_the_async_dot_before_them(tmp_pat
             "  %dot.2 = f32[16,16]{1,0} dot(%x, %y), lhs_contracting_dims={0}, "
             'rhs_contracting_dims={0}, metadata={op_name="jit(train_step)/transpose(jvp('
             'DecoderOnlyTransformer))/decoder/layers_0/mlp/wi_0/transpose"}',
-            '  %exp_fusion = f32[8]{0} fusion(%d), kind=kLoop, calls=%e, metadata={op_name='
+            "  %exp_fusion = f32[8]{0} fusion(%d), kind=kLoop, calls=%e, metadata={op_name="
             '"jit(train_step)/add"}',
             "  %while.4 = (s32[], f32[8]{0}) while(%t), condition=%c, body=%b, metadata={op_name="
             '"jit(train_step)/jvp()/while"}',
@@ -281,9 +281,7 @@ def _table_value(stdout: str, name: str) -> str:
 
 def test_train_mode_writes_json_with_every_field(tmp_path):
     out = tmp_path / "train.json"
-    proc = _run(
-        ["--mode=train", "--steps=3", "--warmup=1", "--profile_steps=1", f"--out={out}"]
-    )
+    proc = _run(["--mode=train", "--steps=3", "--warmup=1", "--profile_steps=1", f"--out={out}"])
     r = json.loads(out.read_text())
     prof = r["profile"]  # One traced step, its op time broken down.
     assert os.path.exists(prof["trace"]) and prof["wall_ms_per_step"] > 0

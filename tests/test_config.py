@@ -56,8 +56,12 @@ BAD_T5_CONFIGS = [
     ({"data.task": "causal_lm", "data.seq_len": 16}, r"data.task='causal_lm' makes decoder-only"),
     ({"model.family": "decoder_only"}, r"data.task='seq2seq' makes encoder-decoder rows"),
     (
-        {"data.task": "span_corruption", "data.inputs_len": 64, "data.targets_len": 20,
-         "data.extra_ids": 2},
+        {
+            "data.task": "span_corruption",
+            "data.inputs_len": 64,
+            "data.targets_len": 20,
+            "data.extra_ids": 2,
+        },
         r"data.extra_ids=2 is too few for span corruption: .* Set data.extra_ids >= \d+",
     ),
     (
@@ -105,7 +109,11 @@ def test_t5_presets_are_valid(name, arg, family):
 def test_t5_presets_have_published_dimensions():
     xxl = load_config("t5", "xxl").model
     assert (xxl.d_model, xxl.num_heads, xxl.head_dim, xxl.mlp_dim, xxl.num_layers) == (
-        4096, 64, 64, 10240, 24
+        4096,
+        64,
+        64,
+        10240,
+        24,
     )
     v1_0 = load_config("t5", "small,v1_0").model
     assert (v1_0.activation, v1_0.tie_embeddings) == ("relu", True)

@@ -139,8 +139,7 @@ def test_preset_step_matches_single_device(preset, batch, single_device):
     for (path, a), b in zip(flat_single, flat, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
     moved = max(
-        float(np.abs(a - b).max())
-        for a, b in zip(jax.tree.leaves(initial), flat, strict=True)
+        float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(initial), flat, strict=True)
     )
     assert moved > 1e-3  # The step really changed the params.
 

@@ -122,4 +122,3 @@ def test_a_record_cut_short_by_a_killed_run_is_skipped_and_the_resumed_run_logs_
     writer.close()
     assert {step: r["loss"] for step, r in read_metrics(workdir).items()} == {1: 2.0, 2: 1.5}
     assert "| killed | 2 | 1.5 |" in plotting.markdown_table([workdir])
-

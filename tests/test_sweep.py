@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ import pytest
 from testutil import REPO
 
 from t5x_like.errors import ConfigError
-from t5x_like.tools import sweep
+from t5x_like.experiment import validation
+from t5x_like.tools import plotting, sweep
 from t5x_like.training.metrics_writer import read_metrics
 
 SCRIPT = str(REPO / "experiments" / "sweep.py")
@@ -208,18 +210,18 @@ def test_run_names_are_readable_unique_deterministic_and_safe():
     assert names == sweep.run_names(fields, [dict(r) for r in runs])  # Deterministic.
     assert len(set(names)) == len(runs)
     assert all(
-        re.fullmatch(r"[A-Za-z0-9._,=+-]+", n) and len(n) <= sweep.MAX_NAME_LEN for n in names
+        re.fullmatch(r"[A-Za-z0-9._=+-]+", n) and len(n) <= sweep.MAX_NAME_LEN for n in names
     )
-    assert names[0].startswith("num_layers=2,learning_rate=0.001,vocab_path=_v_a_b.model-")
+    assert names[0].startswith("num_layers=2+learning_rate=0.001+vocab_path=_v_a_b.model-")
     assert "learning_rate=1e-05" in names[4]
 
     assert sweep.run_names(
         ["model.num_layers", "optimizer.learning_rate"],
         [{"model.num_layers": 2, "optimizer.learning_rate": 1e-3}],
-    ) == ["num_layers=2,learning_rate=0.001"]
+    ) == ["num_layers=2+learning_rate=0.001"]
     # Two fields with the same last component keep their whole paths.
     assert sweep.run_names(["a.rate", "b.rate"], [{"a.rate": 1, "b.rate": 2}]) == [
-        "a.rate=1,b.rate=2"
+        "a.rate=1+b.rate=2"
     ]
     long = sweep.run_names(["x.y"], [{"x.y": "v" * 200}, {"x.y": "v" * 199 + "w"}])
     assert len(set(long)) == 2 and all(len(n) == sweep.MAX_NAME_LEN for n in long)
@@ -337,9 +339,10 @@ def test_real_sweep_trains_collects_and_skips_finished_runs(corpus_dir, tmp_path
     ]
     first = _sweep_script(*args)
     assert first.returncode == 0, first.stderr[-5000:]
-    names = ["learning_rate=0.001,label_smoothing=0.0", "learning_rate=0.003,label_smoothing=0.1"]
+    names = ["learning_rate=0.001+label_smoothing=0.0", "learning_rate=0.003+label_smoothing=0.1"]
     rows = list(csv.DictReader(open(root / "results.csv")))
-    assert [r["name"] for r in rows] == names
+    assert sorted(r["name"] for r in rows) == names  # Ranked by eval loss.
+    rows.sort(key=lambda r: r["name"])
     assert [float(r["optimizer.learning_rate"]) for r in rows] == [1e-3, 3e-3]
     assert [float(r["train.label_smoothing"]) for r in rows] == [0.0, 0.1]
     for row in rows:
@@ -358,6 +361,7 @@ def test_real_sweep_trains_collects_and_skips_finished_runs(corpus_dir, tmp_path
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     markdown = (root / "results.md").read_text()
     assert markdown in first.stdout and markdown.count("| done |") == 2
+    _check_ranked_results(root, rows, markdown, tmp_path)
 
     before = {n: (root / n / "metrics.jsonl").read_bytes() for n in names}
     logs = {n: (root / n / "train.log").read_bytes() for n in names}
@@ -367,7 +371,63 @@ def test_real_sweep_trains_collects_and_skips_finished_runs(corpus_dir, tmp_path
         assert f"skipping {name}: finished at step 4" in again.stderr
         assert (root / name / "metrics.jsonl").read_bytes() == before[name]
         assert (root / name / "train.log").read_bytes() == logs[name]
-    assert list(csv.DictReader(open(root / "results.csv"))) == rows
+    assert sorted(csv.DictReader(open(root / "results.csv")), key=lambda r: r["name"]) == rows
+
+
+def _check_ranked_results(root, rows, markdown, tmp_path):
+    """The real sweep's table ranked by eval loss with the best marked, the model's size as the
+    trainer logged it (equal to the count from the config's shapes), its tokens/s, and
+    report.py --sweep drawing one line per member."""
+    ranked = list(csv.DictReader(open(root / "results.csv")))
+    finals = [float(r["eval_loss"]) for r in ranked]
+    assert finals == sorted(finals) and finals[0] < finals[1]
+    assert [(r["rank"], r["best"]) for r in ranked] == [("1", "*"), ("2", "")]
+    best, other = ranked[0]["name"], ranked[1]["name"]
+    assert markdown.startswith(
+        f"Sorted by eval_loss (lower is better); best (*): {best} with eval_loss = "
+        f"{finals[0]:.4g}.\n"
+    )
+    assert f"| 1 | * | {best} |" in markdown and f"| 2 |  | {other} |" in markdown
+    cfg, _ = sweep.load_config(DECODER, [sweep.parse_override(o) for o in TINY])
+    params_bytes, _ = validation.state_bytes(cfg)
+    for row in rows:
+        assert int(row["params"]) == params_bytes // 4 > 0  # float32 params.
+        train = read_metrics(row["workdir"], "train").values()
+        reported = [r["tokens_per_sec"] for r in train if "tokens_per_sec" in r]
+        assert float(row["tokens_per_sec"]) == statistics.median(reported[1:]) > 0
+        assert row["error"] == ""
+
+    out = tmp_path / "members.png"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    script = str(REPO / "experiments" / "report.py")
+    report = subprocess.run(
+        [sys.executable, script, f"--sweep={root}", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert markdown.splitlines()[0] in report.stdout and f"Wrote {out}" in report.stdout
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two panels (loss, accuracy) of members_figure's size.
+    size = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert size == (1300, 480)
+    fig, skipped = plotting.members_figure(
+        [r["workdir"] for r in ranked],
+        ("loss", "accuracy"),
+        labels=[best, other],
+        highlight=[best],
+    )
+    assert skipped == [] and [ax.get_title() for ax in fig.axes] == ["eval loss", "eval accuracy"]
+    for ax, metric in zip(fig.axes, ("loss", "accuracy"), strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == [f"{best} (best)", other]
+        assert lines[0].get_linewidth() > lines[1].get_linewidth()
+        for line, row in zip(lines, ranked, strict=True):
+            assert list(line.get_xdata()) == [4]
+            assert list(line.get_ydata()) == [read_metrics(row["workdir"], "eval")[4][metric]]
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -426,7 +486,7 @@ def test_collect_only_marks_failed_and_unfinished_runs(tmp_path):
     assert first["wall_s"] == "" and rows[runs[2].name]["wall_s"] == "12.5"
     assert rows[runs[4].name]["train_loss"] == rows[runs[4].name]["step"] == ""
     assert (root / "results.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| num_layers=3 | 3 | failed (exit 1) | 2 | 5.5 |" in result.stdout
+    assert "| num_layers=3 | 3 | failed (exit 1) | 2 |  |  | 5.5 |" in result.stdout
 
     missing = _sweep_script(f"--workdir={tmp_path / 'nowhere'}", "--collect_only")
     assert missing.returncode == 1 and "is not a sweep root" in missing.stderr

@@ -84,9 +84,7 @@ trainer.train(cfg, {workdir!r})
 
 def test_a_hung_save_ends_the_process_with_the_watchdog_status(corpus_dir, tmp_path):
     workdir = str(tmp_path / "run")
-    script = _HANGING_SAVE.format(
-        tests=str(REPO / "tests"), data_dir=corpus_dir, workdir=workdir
-    )
+    script = _HANGING_SAVE.format(tests=str(REPO / "tests"), data_dir=corpus_dir, workdir=workdir)
     start = time.time()
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],

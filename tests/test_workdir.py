@@ -115,8 +115,10 @@ def test_structural_and_other_changes(tmp_path, caplog):
     cfg.optimizer.grad_clip_norm = 0.5  # Still clipping: same optimizer state.
     with pytest.raises(workdir_lib.ConfigChangeError) as info:
         workdir_lib.check_config_change(cfg, workdir)
-    assert "optimizer.name: saved 'adamw', now 'adafactor'; train.nan_policy: saved 'stop', " \
+    assert (
+        "optimizer.name: saved 'adamw', now 'adafactor'; train.nan_policy: saved 'stop', "
         "now 'skip'. Use" in str(info.value)
+    )
     cfg.train.allow_config_change = True
     with caplog.at_level(logging.WARNING):
         workdir_lib.check_config_change(cfg, workdir)  # Accepted, with a warning.

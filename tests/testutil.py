@@ -100,9 +100,7 @@ def tiny_train_args(workdir, data_dir, steps, cache_dir="", **overrides):
 def tiny_t5_config(**overrides):
     """configs/t5.py (T5 v1.1) shrunk like `tiny_config`: 16 encoder / 8 decoder tokens."""
     cfg = load_config("t5")
-    cfg.model.update(
-        vocab_size=128, d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64
-    )
+    cfg.model.update(vocab_size=128, d_model=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64)
     cfg.data.update(task="seq2seq", inputs_len=16, targets_len=8)
     return _shrink(cfg, overrides)
 

@@ -5,8 +5,10 @@ Every row has `inputs` ([CLS] a [SEP] (b [SEP]), padded with 0), `token_type_ids
 1 for b), `segment_ids` (1 on real tokens, 0 on padding) and `positions` (0.. on real tokens,
 0 on padding), all int32 [L]. Classification adds `label` [1] int32 and `weights` [1] float32;
 tagging adds `targets` [L] (tag ids) and `weights` [L] (1.0 on each word's first piece, 0 on
-its other pieces, on [CLS]/[SEP] and on padding). The [CLS]/[SEP] ids come from the vocabulary
-(`SpecialIds`); `encode` is any text -> token ids function (the vocabulary's `encode`).
+its other pieces, on [CLS]/[SEP] and on padding). The [CLS]/[SEP]/pad ids come from the
+tokenizer (`SpecialIds.from_vocab`: our vocabulary's extra ids, or a BERT tokenizer's own);
+`encode` is any text -> token ids function (the tokenizer's `encode`). Each word is encoded
+on its own, so a WordPiece word's "##" pieces follow its first piece, which carries the tag.
 """
 
 import dataclasses
@@ -32,8 +34,12 @@ class SpecialIds:
 
     @classmethod
     def from_vocab(cls, vocab: Any) -> "SpecialIds":
-        """The ids of a vocabulary with `cls_id`, `sep_id`, `pad_id` and `unk_id`."""
-        return cls(cls=vocab.cls_id, sep=vocab.sep_id, pad=vocab.pad_id, unk=vocab.unk_id)
+        """The ids of a tokenizer with `cls_id`, `sep_id`, `pad_id` and `unk_id`: our
+        vocabulary's extra ids, or an HF tokenizer's own [CLS] / [SEP] (ValueError naming a
+        missing one). A tokenizer without an unk token gives a word with no pieces the pad
+        id (it still needs one token to carry its tag)."""
+        unk = vocab.unk_id if vocab.unk_id is not None else vocab.pad_id
+        return cls(cls=vocab.cls_id, sep=vocab.sep_id, pad=vocab.pad_id, unk=unk)
 
 
 def encoder_row(
@@ -60,12 +66,14 @@ def encoder_row(
 def truncate_pair(
     a: Sequence[int], b: Sequence[int] | None, budget: int
 ) -> tuple[list[int], list[int] | None]:
-    """Drops tokens from the end of the longer side, one at a time, until both fit `budget`
-    (BERT's and Hugging Face's "longest_first")."""
+    """Drops tokens from the end of the longer side, one at a time, until both fit `budget`;
+    once they are as long, from the side that was the shorter first (Hugging Face tokenizers'
+    "longest_first": the longer side keeps the odd token)."""
     a = list(a)
     b = None if b is None else list(b)
+    b_on_ties = b is not None and len(b) < len(a)
     while len(a) + (len(b) if b is not None else 0) > budget:
-        if b is not None and len(b) > len(a):
+        if b is not None and (len(b) > len(a) or (len(b) == len(a) and b_on_ties)):
             b.pop()
         else:
             a.pop()

@@ -158,6 +158,8 @@ class _Rows(grain.experimental.FlatMapTransform):
 
     def __init__(self, vocab: Any, task: Any):
         self.encode = vocab.encode
+        # An HF tokenizer's token offsets: QA answers at pieces, not whole words.
+        self.encode_offsets = getattr(vocab, "encode_with_offsets", None)
         self.special = featurize.SpecialIds.from_vocab(vocab)
         self.task = task
 
@@ -168,7 +170,11 @@ class _Rows(grain.experimental.FlatMapTransform):
         if task.name == "token_classification":
             return [featurize.tagging_row(example, *args, None)]
         windows = qa_features.qa_windows(
-            example, *args, doc_stride=task.doc_stride, max_query_len=task.max_query_len
+            example,
+            *args,
+            doc_stride=task.doc_stride,
+            max_query_len=task.max_query_len,
+            encode_offsets=self.encode_offsets,
         )
         return [row for row, _ in windows]
 

@@ -47,10 +47,12 @@ class MlmVocab:
     """What masking needs of a vocabulary.
 
     Attributes:
-      cls_id, sep_id, mask_id: the special tokens (the vocabulary's first extra ids).
+      cls_id, sep_id, mask_id: the special tokens (our vocabularies' first extra ids; an HF
+        tokenizer's own [CLS] / [SEP] / [MASK]).
       random_ids: (low, high): random replacements are drawn from [low, high) (the
         SentencePiece pieces after pad/eos/unk; never a special token).
-      word_start: bool per id: the piece starts a word (SentencePiece's "▁").
+      word_start: bool per id: the piece starts a word (SentencePiece's "▁"; WordPiece's
+        pieces without "##").
       sentence_end: bool per id: the piece ends a sentence (a split point for sentence pairs).
     """
 
@@ -63,7 +65,11 @@ class MlmVocab:
 
     @classmethod
     def from_vocab(cls, vocab: Any) -> "MlmVocab":
-        """From a `vocab.SentencePieceVocab` (ValueError if it lacks the 3 extra ids)."""
+        """From our `vocab.SentencePieceVocab` (ValueError if it lacks the 3 extra ids) or an
+        HF tokenizer (`tokenizers.HFTokenizer`, e.g. a BERT WordPiece one) with [CLS], [SEP] and
+        [MASK] tokens (ValueError naming the missing one)."""
+        if not hasattr(vocab, "sp_vocab_size"):
+            return cls._from_hf_tokenizer(vocab)
         n = vocab.sp_vocab_size
         pieces = [vocab.id_to_piece(i) for i in range(n)]
         extra = vocab.vocab_size - n
@@ -74,6 +80,34 @@ class MlmVocab:
             sep_id=vocab.sep_id,
             mask_id=vocab.mask_id,
             random_ids=(3, n),
+            word_start=word_start,
+            sentence_end=sentence_end,
+        )
+
+    @classmethod
+    def _from_hf_tokenizer(cls, vocab: Any) -> "MlmVocab":
+        """WordPiece marks a word's continuation ("##"); byte-level BPE and SentencePiece mark
+        a word's start ("Ġ", "▁"). Random replacements skip the special tokens at either end
+        of the vocabulary (BERT's [PAD]/[unused]/[UNK]/[CLS]/[SEP]/[MASK] at ids 0-103,
+        RoBERTa's <s>/<pad>/</s>/<unk> at 0-3 and <mask> last)."""
+        n = vocab.vocab_size
+        pieces = [vocab.id_to_piece(i) for i in range(n)]
+        if any(p.startswith("##") for p in pieces):
+            word_start = np.array([not p.startswith("##") for p in pieces])
+        else:
+            word_start = np.array([p.startswith(("\u0120", "\u2581")) for p in pieces])
+        sentence_end = np.array([p.endswith(_SENTENCE_END) for p in pieces])
+        specials = {vocab.cls_id, vocab.sep_id, vocab.mask_id, vocab.pad_id}
+        specials |= {i for i in (vocab.unk_id, getattr(vocab, "bos_id", None)) if i is not None}
+        low = 1 + max([i for i in specials if i < n // 2], default=-1)
+        high = min([i for i in specials if i >= n // 2], default=n)
+        if low >= high:
+            raise ValueError(f"Tokenizer {vocab.path} leaves no ids for random replacements.")
+        return cls(
+            cls_id=vocab.cls_id,
+            sep_id=vocab.sep_id,
+            mask_id=vocab.mask_id,
+            random_ids=(low, high),
             word_start=word_start,
             sentence_end=sentence_end,
         )

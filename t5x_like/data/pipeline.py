@@ -41,7 +41,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from t5x_like.data import finetune, mlm, packing, preprocessors, sft, span_corruption
+from t5x_like.data import finetune, mlm, packing, preprocessors, sft, span_corruption, tokenizers
 from t5x_like.data.tasks import Task
 
 KEYS = packing.KEYS
@@ -121,7 +121,9 @@ def _examples(docs: grain.MapDataset, vocab: Any, task: Task, seed: int) -> grai
         return finetune.examples(docs, vocab, task, _READ_OPTIONS)
     if task.name == "causal_lm":
         tokens = docs.map(preprocessors.TokenizeText(vocab, task.text_key))
-        chunks = preprocessors.CausalLMChunks(task.seq_len)
+        # Rows start with the tokenizer's BOS where it has one (imported models), else pad 0.
+        (start_id,) = tokenizers.start_ids(vocab, fallback=preprocessors.BOS_ID)
+        chunks = preprocessors.CausalLMChunks(task.seq_len, start_id)
     else:
         # LM objectives on raw text: chunks carry no document EOS (targets get their own).
         tokens = docs.map(preprocessors.TokenizeText(vocab, task.text_key, add_eos=False))

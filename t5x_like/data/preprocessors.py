@@ -1,6 +1,8 @@
 """Preprocessing: text -> token ids -> examples {"inputs", "targets"} of int32 ids.
 
-Causal LM (decoder-only): `targets` is a chunk, `inputs` the same chunk shifted right after BOS.
+Causal LM (decoder-only): `targets` is a chunk, `inputs` the same chunk shifted right after the
+start token (the tokenizer's BOS, e.g. an imported Llama's; our SentencePiece vocab has none and
+starts with the pad id 0).
 Encoder-decoder (`inputs` for the encoder, `targets` for the decoder, of different lengths):
 prefix LM and seq2seq here, span corruption in `span_corruption.py`.
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from t5x_like.data.sources import record_text
 
-# T5 convention: the pad id starts every decoder input sequence (there is no BOS).
+# T5 convention: the pad id starts every decoder input sequence of a vocabulary without a BOS.
 BOS_ID = 0
 
 
@@ -40,16 +42,19 @@ def split_into_chunks(ids: np.ndarray, max_len: int) -> list[np.ndarray]:
     return [ids[i : i + max_len] for i in range(0, len(ids), max_len)]
 
 
-def causal_lm_example(chunk: np.ndarray) -> dict[str, np.ndarray]:
-    """Teacher forcing: `targets` is the chunk, `inputs` the chunk shifted right after BOS (0)."""
+def causal_lm_example(chunk: np.ndarray, start_id: int = BOS_ID) -> dict[str, np.ndarray]:
+    """Teacher forcing: `targets` is the chunk, `inputs` the chunk shifted right after
+    `start_id` (the tokenizer's BOS where it has one, else the pad id 0)."""
     targets = np.asarray(chunk, dtype=np.int32)
-    inputs = np.concatenate([np.asarray([BOS_ID], np.int32), targets[:-1]])
+    inputs = np.concatenate([np.asarray([start_id], np.int32), targets[:-1]])
     return {"inputs": inputs, "targets": targets}
 
 
-def causal_lm_examples(ids: np.ndarray, seq_len: int) -> list[dict[str, np.ndarray]]:
+def causal_lm_examples(
+    ids: np.ndarray, seq_len: int, start_id: int = BOS_ID
+) -> list[dict[str, np.ndarray]]:
     """One causal-LM example per chunk of at most `seq_len` tokens of `ids`."""
-    return [causal_lm_example(c) for c in split_into_chunks(ids, seq_len)]
+    return [causal_lm_example(c, start_id) for c in split_into_chunks(ids, seq_len)]
 
 
 class TokenizeText(grain.transforms.Map):
@@ -71,11 +76,12 @@ class CausalLMChunks(grain.experimental.FlatMapTransform):
     # any number of chunks per document is fine.
     max_fan_out = 1 << 20
 
-    def __init__(self, seq_len: int):
+    def __init__(self, seq_len: int, start_id: int = BOS_ID):
         self.seq_len = seq_len
+        self.start_id = start_id  # Each chunk's first input: the tokenizer's BOS, else pad 0.
 
     def flat_map(self, ids: np.ndarray) -> list[dict[str, np.ndarray]]:
-        return causal_lm_examples(ids, self.seq_len)
+        return causal_lm_examples(ids, self.seq_len, self.start_id)
 
 
 def chunk_rng(seed: int, chunk_index: int) -> np.random.Generator:

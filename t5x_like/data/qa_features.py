@@ -1,7 +1,10 @@
 """Extractive QA examples (`labelled.py`) as encoder-only windows, BERT's SQuAD recipe.
 
 The context is split at whitespace into words (each keeps its character span) and each word
-is encoded on its own, so every token knows the characters of the word it came from. A row is
+is encoded on its own, so every token knows the characters of the word it came from, or, with
+`encode_offsets` (an HF tokenizer's `encode_with_offsets`), its own characters: a WordPiece
+answer then starts and ends at a piece ("France" out of "France."), as in transformers' QA
+recipe; without it, at whole words (BERT's original recipe). A row is
 [CLS] question [SEP] context-window [SEP], the question cut to `max_query_len` tokens; a long
 context becomes several windows, each starting `doc_stride` tokens after the previous one.
 Rows carry `featurize.BASE_KEYS` plus `start_positions` / `end_positions` [1] int32 (the
@@ -11,12 +14,15 @@ for post-processing (`evaluation.task_metrics.qa_predictions`).
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from t5x_like.data.featurize import Encode, SpecialIds, encoder_row, word_pieces
+
+# text -> (token ids, each token's character span [start, end) in the text).
+EncodeOffsets = Callable[[str], tuple[Sequence[int], Sequence[tuple[int, int]]]]
 
 QA_KEYS = (
     "inputs",
@@ -36,8 +42,9 @@ class QAWindow:
     Attributes:
       example_id: the example's id.
       window: this window's index among the example's windows.
-      offsets: [L, 2] int32, the context character span [start, end) of the word each context
-        token belongs to; (-1, -1) on [CLS], the question, [SEP] and padding.
+      offsets: [L, 2] int32, the context character span [start, end) of each context token
+        (of the word it belongs to, without `encode_offsets`); (-1, -1) on [CLS], the
+        question, [SEP] and padding.
       max_context: [L] bool, True on the context tokens whose context is widest in this window
         (a token in several windows is scored in one only).
     """
@@ -94,8 +101,10 @@ def qa_windows(
     *,
     doc_stride: int = 32,
     max_query_len: int = 64,
+    encode_offsets: EncodeOffsets | None = None,
 ) -> list[tuple[dict[str, np.ndarray], QAWindow]]:
-    """The rows (and their metadata) of one QA example; its first answer is the target.
+    """The rows (and their metadata) of one QA example; its first answer is the target (the
+    tokens overlapping its characters).
 
     Raises:
       ValueError: `seq_len` leaves no room for the context after the question, or
@@ -113,20 +122,16 @@ def qa_windows(
             f"data.doc_stride={doc_stride} must be in [1, {window_len}] (the context tokens a "
             f"window holds with data.seq_len={seq_len}), or windows would skip context."
         )
-    words = split_words(example["context"])
-    pieces = word_pieces([w for w, _, _ in words], encode, special.unk)
-    tokens = [p for word in pieces for p in word]
-    token_word = [i for i, word in enumerate(pieces) for _ in word]
-    first_token = np.cumsum([0] + [len(w) for w in pieces])  # Word -> its first token.
+    tokens, token_spans = _context_tokens(example["context"], encode, special, encode_offsets)
 
     span = None
     if example["answers"]:
         answer = example["answers"][0]
         a_start, a_end = answer["start"], answer["start"] + len(answer["text"])
-        # Words overlapping the answer's characters (an answer may start mid-word).
-        hit = [i for i, (_, s, e) in enumerate(words) if s < a_end and e > a_start]
+        # Tokens overlapping the answer's characters (an answer may start mid-word).
+        hit = [t for t, (s, e) in enumerate(token_spans) if s < a_end and e > a_start]
         if hit:
-            span = (int(first_token[hit[0]]), int(first_token[hit[-1] + 1]) - 1)
+            span = (hit[0], hit[-1])
 
     starts = window_starts(len(tokens), window_len, doc_stride)
     max_context = _max_context(starts, window_len, len(tokens))
@@ -144,11 +149,31 @@ def qa_windows(
         offsets = np.full([seq_len, 2], -1, np.int32)
         in_max = np.zeros([seq_len], bool)
         for t in range(start, end):
-            _, c_start, c_end = words[token_word[t]]
-            offsets[t - start + offset] = (c_start, c_end)
+            offsets[t - start + offset] = token_spans[t]
             in_max[t - start + offset] = max_context[w][t]
         out.append((row, QAWindow(str(example["id"]), w, offsets, in_max)))
     return out
+
+
+def _context_tokens(
+    context: str, encode: Encode, special: SpecialIds, encode_offsets: EncodeOffsets | None
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The context's tokens, word by word, and each token's character span in the context:
+    its own with `encode_offsets`, else its word's."""
+    words = split_words(context)
+    if encode_offsets is None:
+        pieces = word_pieces([w for w, _, _ in words], encode, special.unk)
+        spans = [[(s, e)] * len(p) for p, (_, s, e) in zip(pieces, words, strict=True)]
+    else:
+        pieces, spans = [], []
+        for word, s, e in words:
+            ids, offsets = encode_offsets(word)
+            if not len(ids):  # No pieces: one unk carries the word, as `word_pieces` does.
+                ids, offsets = [special.unk], [(0, e - s)]
+            pieces.append(list(ids))
+            spans.append([(s + a, s + b) for a, b in offsets])
+    tokens = [t for word in pieces for t in word]
+    return tokens, [span for word in spans for span in word]
 
 
 def qa_dataset(
@@ -159,12 +184,19 @@ def qa_dataset(
     *,
     doc_stride: int = 32,
     max_query_len: int = 64,
+    encode_offsets: EncodeOffsets | None = None,
 ) -> tuple[dict[str, np.ndarray], list[QAWindow]]:
     """All windows of `examples`, stacked: features [num_windows, ...] and their metadata."""
     rows, windows = [], []
     for example in examples:
         for row, window in qa_windows(
-            example, encode, special, seq_len, doc_stride=doc_stride, max_query_len=max_query_len
+            example,
+            encode,
+            special,
+            seq_len,
+            doc_stride=doc_stride,
+            max_query_len=max_query_len,
+            encode_offsets=encode_offsets,
         ):
             rows.append(row)
             windows.append(window)

@@ -8,10 +8,15 @@ and 1 on the completion's (EOS included). Rows have the causal_lm layout (`packi
 with segment ids (attention and positions restart per example, so nothing crosses examples) or
 padded alone, by `packing.to_rows(..., loss_mask=True)`.
 
+A record with a `messages` list instead (`{"messages": [{"role": "user", "content": ...}, ...]}`)
+is a conversation rendered with the tokenizer's chat template, the loss on its assistant turns
+(`data/chat.py`). Rows start with the tokenizer's BOS where it has one (imported models), else
+the pad id 0 (our own vocabularies).
+
 An example longer than `data.seq_len` is an error by default (`data.sft_too_long='error'`);
 'truncate' keeps the prompt's last tokens (at most max(seq_len - completion, seq_len // 2)) and
-the completion's first ones, 'drop' skips it. Either is logged with a running count per
-process, never silent.
+the completion's first ones (a conversation: its first seq_len tokens), 'drop' skips it. Either
+is logged with a running count per process, never silent.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import grain
 import numpy as np
 from absl import logging
 
+from t5x_like.data import chat, tokenizers
 from t5x_like.data.preprocessors import BOS_ID
 
 TOO_LONG = ("error", "truncate", "drop")
+# A record with this field (and no prompt field) is a chat conversation (`data/chat.py`).
+MESSAGES_KEY = "messages"
 
 
 def _text(record: Any, key: str, role: str) -> str:
@@ -50,10 +58,15 @@ def fit_lengths(prompt: int, completion: int, seq_len: int) -> tuple[int, int]:
 
 
 def sft_example(
-    prompt_ids: Any, completion_ids: Any, seq_len: int, too_long: str = "error"
+    prompt_ids: Any,
+    completion_ids: Any,
+    seq_len: int,
+    too_long: str = "error",
+    start_id: int = BOS_ID,
 ) -> dict[str, np.ndarray] | None:
     """The example {"inputs", "targets", "loss_mask"} of a prompt and a completion (EOS already
-    appended), or None when it is too long and `too_long='drop'`.
+    appended), or None when it is too long and `too_long='drop'`. `inputs` start with
+    `start_id` (the tokenizer's BOS where it has one: `tokenizers.start_ids`).
 
     Raises:
       ValueError: too long with `too_long='error'` (the message says what to set).
@@ -76,7 +89,7 @@ def sft_example(
         completion = completion[:kept_completion]
     targets = np.asarray(prompt + completion, np.int32)
     return {
-        "inputs": np.concatenate([np.asarray([BOS_ID], np.int32), targets[:-1]]),
+        "inputs": np.concatenate([np.asarray([start_id], np.int32), targets[:-1]]),
         "targets": targets,
         "loss_mask": np.asarray([0] * len(prompt) + [1] * len(completion), np.int32),
     }
@@ -105,15 +118,25 @@ class SFTExamples(grain.experimental.FlatMapTransform):
         self.prompt_key = prompt_key
         self.completion_key = completion_key
         self.too_long = too_long
+        # Rows start with the tokenizer's BOS where it has one (imported models), else pad 0.
+        (self.start_id,) = tokenizers.start_ids(vocab, fallback=BOS_ID)
         self.dropped = 0
         self.truncated = 0
 
-    def flat_map(self, record: Any) -> list[dict[str, np.ndarray]]:
+    def _example(self, record: Any) -> tuple[dict[str, np.ndarray] | None, int]:
+        """(the record's example or None, its token count)."""
+        if isinstance(record, Mapping) and MESSAGES_KEY in record and self.prompt_key not in record:
+            return chat.chat_example(
+                self.vocab, record[MESSAGES_KEY], self.seq_len, self.start_id, self.too_long
+            )
         prompt = self.vocab.encode(_text(record, self.prompt_key, "prompt"))
         completion = [*self.vocab.encode(_text(record, self.completion_key, "completion"))]
         completion.append(self.vocab.eos_id)
-        example = sft_example(prompt, completion, self.seq_len, self.too_long)
-        n = len(prompt) + len(completion)
+        example = sft_example(prompt, completion, self.seq_len, self.too_long, self.start_id)
+        return example, len(prompt) + len(completion)
+
+    def flat_map(self, record: Any) -> list[dict[str, np.ndarray]]:
+        example, n = self._example(record)
         if example is None:
             self.dropped += 1
             if _should_log(self.dropped):

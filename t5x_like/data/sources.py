@@ -2,7 +2,8 @@
 
 `prepare_dataset` reads a dataset already prepared under a data dir; the exceptions are the
 embedded datasets, the corpus (`t5x_like_corpus`) and the labelled docstrings made from it
-(`t5x_like_docstrings`), which are built on the spot because they need no network.
+(`t5x_like_docstrings`), which are built on the spot because they need no network, and the
+user's own .txt / .jsonl / .tsv files, read by `text_files.py`.
 """
 
 import os
@@ -11,17 +12,11 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from t5x_like.data import corpus, docstrings, jsonl
+from t5x_like.data import corpus, docstrings, text_files
+from t5x_like.data.text_files import SplitNotFoundError
 
 # Datasets built from the Python installation itself: name -> build(data_dir).
 EMBEDDED_DATASETS = {corpus.NAME: corpus.build, docstrings.NAME: docstrings.build}
-
-
-class SplitNotFoundError(KeyError):
-    """A split the dataset does not have; a KeyError whose message reads as a sentence."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -53,25 +48,35 @@ class DatasetSplits(Mapping):
         self._num_examples = {s: info.num_examples for s, info in builder.info.splits.items()}
         self._sources: dict[str, Sequence[Any]] = {}
 
-    def _check_split(self, split: str) -> None:
-        if split not in self._num_examples:
-            raise SplitNotFoundError(
-                f"Dataset {self.name!r} (data_dir={self.data_dir!r}) has no split {split!r}; "
-                f"available splits: {sorted(self._num_examples)}."
-            )
+    def _check_split(self, split: str) -> int:
+        """The records of `split` (a name or a TFDS slice such as 'train[95%:]')."""
+        for name in text_files.split_names(split) if text_files.is_slice(split) else [split]:
+            if name not in self._num_examples:
+                raise SplitNotFoundError(
+                    f"Dataset {self.name!r} (data_dir={self.data_dir!r}) has no split {name!r}; "
+                    f"available splits: {sorted(self._num_examples)}."
+                )
+        if not text_files.is_slice(split):
+            return self._num_examples[split]
+        bounds = text_files.slice_bounds(split, self._num_examples)
+        return sum(stop - start for _, start, stop in bounds)
 
     def __getitem__(self, split: str) -> Sequence[Any]:
-        self._check_split(split)
-        if self._num_examples[split] == 0:
+        if self._check_split(split) == 0:
             raise ValueError(
                 f"Split {split!r} of dataset {self.name!r} (data_dir={self.data_dir!r}) is "
                 "empty; choose another split or re-prepare the dataset."
             )
         if split not in self._sources:
+            # TFDS reads slices ('train[:95%]') itself, with the bounds `slice_bounds` gives.
             self._sources[split] = self.builder.as_data_source(split=split)
         return self._sources[split]
 
     def __contains__(self, split: object) -> bool:
+        if not isinstance(split, str):
+            return False
+        if text_files.is_slice(split):
+            return all(s in self._num_examples for s in text_files.split_names(split))
         return split in self._num_examples
 
     def __iter__(self) -> Iterator[str]:
@@ -81,28 +86,36 @@ class DatasetSplits(Mapping):
         return len(self._num_examples)
 
     def num_examples(self, split: str) -> int:
-        """Records in `split`, from the dataset's metadata (no file is opened)."""
-        self._check_split(split)
-        return self._num_examples[split]
+        """Records in `split` (a name or a slice), from the dataset's metadata (no file is
+        opened)."""
+        return self._check_split(split)
 
 
-def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
+def prepare_dataset(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    sample_by: str = "paragraph",
+    fields: Sequence[str] | None = None,
+) -> DatasetSplits | text_files.FileSplits:
     """The splits of TFDS dataset `name` prepared as array_record under `data_dir`.
 
     Args:
       name: a TFDS name, optionally with config and version (`"lm1b"`, `"c4/en:3.0.1"`).
         The embedded datasets (`EMBEDDED_DATASETS`) are built under `data_dir` first if they
-        are not there yet. A `.jsonl` file or a directory of `<split>.jsonl` files is read
-        as JSONL instead (`jsonl.open_jsonl`).
+        are not there yet. The user's own files (a .txt, .jsonl or .tsv file, a glob of them
+        or a directory of `<split>.<ext>` files) are read instead (`text_files.open_files`).
       data_dir: TFDS data dir; None means TFDS's default.
+      sample_by, fields: for the user's files: what a .txt record is (data.text_sample_by),
+        and the record fields the task reads (`tasks.Task.record_fields`; None: unchecked).
 
     Raises:
       FileNotFoundError: the dataset is not prepared under `data_dir` (nothing is downloaded);
         the message says how to prepare it.
       ValueError: it is prepared in a format without random access (e.g. tfrecord).
     """
-    if jsonl.is_jsonl_dataset(name):  # The user's own files (`jsonl.py`): no TFDS involved.
-        return jsonl.open_jsonl(name)
+    if text_files.is_user_files(name):  # The user's own files: no TFDS involved.
+        return text_files.open_files(name, sample_by=sample_by, fields=fields)
     data_dir = resolve_data_dir(data_dir)
     build = EMBEDDED_DATASETS.get(name.split(":")[0])  # With or without a version.
     if build is not None:
@@ -126,10 +139,26 @@ def prepare_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
 
 
 def record_text(record: Any, text_key: str = "text") -> str:
-    """The text feature of a decoded TFDS record (TFDS returns Text features as bytes)."""
+    """The text feature of a decoded TFDS record (TFDS returns Text features as bytes); a
+    record that is a string (a document of a .txt file) is its own text."""
+    if isinstance(record, str):
+        return record
     try:
         value = record[text_key]
     except (KeyError, TypeError, IndexError) as e:
         keys = sorted(record) if isinstance(record, Mapping) else type(record).__name__
         raise KeyError(f"Record has no text feature {text_key!r}; it has {keys}.") from e
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def vocab_texts(record: Any, text_key: str = "text") -> str:
+    """The text a vocabulary trains on from `record`: its `text_key` feature, or where it has
+    none (a seq2seq or SFT pair, a TSV line), all its text features, one per line."""
+    if isinstance(record, Mapping) and text_key not in record:
+        values = record.values()
+    elif isinstance(record, (list, tuple)):
+        values = record
+    else:
+        return record_text(record, text_key)
+    texts = (v.decode("utf-8") if isinstance(v, bytes) else v for v in values)
+    return "\n".join(t for t in texts if isinstance(t, str))

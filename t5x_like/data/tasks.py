@@ -163,6 +163,18 @@ class Task:
         return TASK_ROWS[self.name]
 
     @property
+    def record_fields(self) -> tuple[str, ...] | None:
+        """The record fields this task reads from a dataset (what a user's file must hold);
+        None for the fine-tuning tasks, whose labelled files `finetune.py` reads."""
+        if self.name == "seq2seq":
+            return (self.inputs_key, self.targets_key)
+        if self.name == "sft":
+            return (self.prompt_key, self.completion_key)
+        if self.name in finetune.TASK_KINDS:
+            return None
+        return (self.text_key,)
+
+    @property
     def is_encoder_decoder(self) -> bool:
         """Whether rows have an encoder side (`packing.ENCDEC_KEYS`), not one sequence."""
         return self.rows is PAIRED_ROWS

@@ -2,7 +2,8 @@
 
 `Tokenizer` is what the pipeline, evaluation and inference read: `encode` / `decode`,
 `vocab_size`, the special ids (`pad_id`, `eos_id`, `unk_id`, `bos_id`; `eos_ids` all ids that end
-a generation) and `id_to_piece`. Three implementations:
+a generation) and `id_to_piece`; the HF-side ones also give the model's `chat_template` (None
+without one). Three implementations:
 
 - `t5x_like.data.vocab.SentencePieceVocab`: our own pretraining vocabularies (pad 0, eos 1,
   unk 2, no bos; T5 sentinels), unchanged;
@@ -13,7 +14,12 @@ a generation) and `id_to_piece`. Three implementations:
 
 The special ids of a model directory are read from its files, never assumed: tokenizer_config.json
 and special_tokens_map.json name the tokens, generation_config.json and config.json give ids
-(`eos_token_id` may be a list: generation stops at any of them). `open_model_tokenizer` picks
+(`eos_token_id` may be a list: generation stops at any of them). The encoder-only (BERT /
+RoBERTa) rows read `cls_id`, `sep_id` and `mask_id` the same way (cls_token, sep_token,
+mask_token; else [CLS]/<s>, [SEP]/</s>, [MASK]/<mask> where the vocabulary has them); a BERT
+tokenizer, which has no EOS, ends a text at the [SEP] its files name; and
+`HFTokenizer.encode_with_offsets` gives each token's characters (for extractive QA).
+`open_model_tokenizer` picks
 the HF-side implementation from a directory or file; `t5x_like.data.vocab.load_tokenizer` (what
 `data.vocab_path` goes through) adds our own vocabularies.
 """
@@ -33,6 +39,14 @@ ID_FILES = ("generation_config.json", "config.json")
 # Files a converted workdir copies next to its checkpoint (those present).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", *TOKEN_FILES, "generation_config.json")
 _SPECIALS = ("bos", "eos", "pad", "unk")
+# The encoder-only (BERT / RoBERTa) specials, named in the same files (`cls_token`, ...); where
+# no file names one, transformers' class defaults are looked up in the vocabulary.
+ENCODER_SPECIALS = ("cls", "sep", "mask")
+_ENCODER_DEFAULT_TOKENS = {
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+}
 
 
 @runtime_checkable
@@ -91,10 +105,14 @@ def _as_ids(value: Any) -> tuple[int, ...]:
 
 
 def special_ids(
-    directory: str | os.PathLike | None, token_to_id: Any, defaults: dict[str, Any] | None = None
+    directory: str | os.PathLike | None,
+    token_to_id: Any,
+    defaults: dict[str, Any] | None = None,
+    kinds: tuple[str, ...] = _SPECIALS,
 ) -> dict[str, tuple[int, ...]]:
-    """{"bos"|"eos"|"pad"|"unk": ids} of a model directory; each from the first file that
-    states it (token names via `token_to_id`, then ids), else `defaults[kind]`.
+    """{"bos"|"eos"|"pad"|"unk": ids} of a model directory (or those of `kinds`, e.g.
+    `ENCODER_SPECIALS`); each from the first file that states it (token names via
+    `token_to_id`, then ids), else `defaults[kind]`.
 
     Raises ValueError naming the file whose token is not in the vocabulary.
     """
@@ -103,7 +121,7 @@ def special_ids(
     for name in TOKEN_FILES if root else ():
         path = root / name
         data = _read_json(path)
-        for kind in _SPECIALS:
+        for kind in kinds:
             token = _token_content(data.get(f"{kind}_token"))
             if kind in found or token is None:
                 continue
@@ -115,7 +133,7 @@ def special_ids(
             found[kind] = (int(token_id),)
     for name in ID_FILES if root else ():
         data = _read_json(root / name)
-        for kind in _SPECIALS:
+        for kind in kinds:
             ids = _as_ids(data.get(f"{kind}_token_id"))
             if not ids:
                 continue
@@ -163,7 +181,75 @@ class _SpecialIds:
         """`encode`: only our own vocabularies have T5 sentinels."""
         return self.encode(text)
 
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template (a Jinja string), None without one: chat_template.jinja in
+        its directory (where transformers >= 4.43 saves it), else tokenizer_config.json's
+        `chat_template` (a string, or a list of {"name", "template"}: the "default" one)."""
+        path = self._directory / "chat_template.jinja"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+        value = _read_json(self._directory / "tokenizer_config.json").get("chat_template")
+        if isinstance(value, list):  # Named templates (e.g. "default", "tool_use").
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+            value = named.get("default")
+        return value if isinstance(value, str) and value.strip() else None
+
+    # -- encoder-only specials ([CLS], [SEP], [MASK]) -----------------------------------------
+
+    def _piece_id(self, piece: str) -> int | None:
+        raise NotImplementedError
+
+    def _encoder_ids(self) -> dict[str, int]:
+        """{"cls"|"sep"|"mask": id} this tokenizer has: named by tokenizer_config.json /
+        special_tokens_map.json (cls_token, sep_token, mask_token), else transformers' default
+        tokens where the vocabulary holds them ([CLS] / <s>, [SEP] / </s>, [MASK] / <mask>)."""
+        if getattr(self, "_encoder_cache", None) is None:
+            found = special_ids(self._directory, self._piece_id, kinds=ENCODER_SPECIALS)
+            ids = {kind: value[0] for kind, value in found.items()}
+            for kind, tokens in _ENCODER_DEFAULT_TOKENS.items():
+                if kind not in ids:
+                    hits = [i for i in map(self._piece_id, tokens) if i is not None]
+                    if hits:
+                        ids[kind] = hits[0]
+            self._encoder_cache = ids
+        return self._encoder_cache
+
+    def _encoder_special(self, kind: str) -> int:
+        ids = self._encoder_ids()
+        if kind not in ids:
+            raise ValueError(
+                f"Tokenizer {self.path} has no {kind} token, which encoder-only (BERT) rows "
+                f"need: set {kind}_token in its tokenizer_config.json."
+            )
+        return ids[kind]
+
+    @property
+    def cls_id(self) -> int:
+        """[CLS] (BERT) / <s> (RoBERTa): what encoder-only rows start with."""
+        return self._encoder_special("cls")
+
+    @property
+    def sep_id(self) -> int:
+        """[SEP] / </s>: what ends each segment of an encoder-only row."""
+        return self._encoder_special("sep")
+
+    @property
+    def mask_id(self) -> int:
+        """[MASK] / <mask>: the masked-LM input token."""
+        return self._encoder_special("mask")
+
+    @property
+    def mask_token(self) -> str:
+        """The [MASK] token's text (what a fill-mask prompt writes)."""
+        return self.id_to_piece(self.mask_id)
+
     def _require_eos(self) -> None:
+        if "eos" not in self._ids:
+            # A BERT tokenizer has no EOS; the [SEP] its files name ends a text instead.
+            sep = special_ids(self._directory, self._piece_id, kinds=("sep",))
+            if sep:
+                self._ids["eos"] = sep["sep"]
         if "eos" not in self._ids:
             raise ValueError(
                 f"Tokenizer {self.path} has no EOS token: set eos_token in its "
@@ -222,6 +308,9 @@ class HFTokenizer(_SpecialIds):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], state["directory"])
 
+    def _piece_id(self, piece: str) -> int | None:
+        return self._tok.token_to_id(piece)
+
     @property
     def vocab_size(self) -> int:
         """All ids, added tokens included."""
@@ -229,6 +318,12 @@ class HFTokenizer(_SpecialIds):
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode`'s ids and each token's character span [start, end) in `text` (what
+        extractive QA maps answers with)."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, [tuple(o) for o in encoding.offsets]
 
     def decode(self, ids: Iterable[int]) -> str:
         text = self._tok.decode(self._kept(ids), skip_special_tokens=True)

@@ -19,7 +19,7 @@ import sentencepiece as spm
 from absl import logging
 from etils import epath
 
-from t5x_like.data import tokenizers
+from t5x_like.data import text_files, tokenizers
 from t5x_like.errors import ConfigError
 
 PAD_ID = 0
@@ -239,6 +239,8 @@ def vocab_cache_path(data_dir: str, dataset_name: str, vocab_size: int, split: s
     suffix = "" if split == "train" else f"_{split}"
     # ':' (a TFDS version separator) is awkward in file names; '/' (config) nests directories.
     dataset_dir = dataset_name.replace(":", "_")
+    if text_files.is_user_files(dataset_name):  # Cached under data_dir, not beside them.
+        dataset_dir = os.path.join("files", os.path.abspath(os.path.expanduser(dataset_dir))[1:])
     return os.path.join(data_dir, dataset_dir, "vocab", f"spm_{vocab_size}{suffix}.model")
 
 
@@ -376,7 +378,7 @@ def load_or_train_vocab(
         return SentencePieceVocab.load(cache, extra_ids=extra_ids)
 
     source = sources.prepare_dataset(dataset_name, data_dir)[split]
-    texts = (sources.record_text(source[i], text_key) for i in range(len(source)))
+    texts = (sources.vocab_texts(source[i], text_key) for i in range(len(source)))
     start = time.perf_counter()
     proto = train_sentencepiece(texts, vocab_size=vocab_size, max_chars=max_train_chars)
     logging.info(

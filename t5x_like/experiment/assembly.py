@@ -84,7 +84,7 @@ def build_experiment(
     (default: the train split, and the eval split when train.eval_every > 0).
     """
     # Imported here: TFDS is only needed once there is data to read.
-    from t5x_like.data import finetune, sources
+    from t5x_like.data import finetune, sources, tasks
     from t5x_like.data import vocab as vocab_lib
 
     devices = list(jax.devices() if devices is None else devices)
@@ -97,12 +97,16 @@ def build_experiment(
         splits = finetune.prepare_splits(data, splits_needed)
         _resolve_num_labels(cfg, splits.labels)
     else:
-        splits = sources.prepare_dataset(data.dataset, data.data_dir)
+        fields = tasks.Task.from_config(data).record_fields  # Checked in the user's files.
+        splits = sources.prepare_dataset(
+            data.dataset, data.data_dir, sample_by=data.text_sample_by, fields=fields
+        )
     for split in splits_needed:
         if split not in splits:
             raise ConfigError(
                 f"Dataset {data.dataset!r} has no split {split!r}; it has {sorted(splits)}. "
-                "Set data.train_split / data.eval_split."
+                "Set data.train_split / data.eval_split (a slice such as 'train[95%:]' holds out "
+                "part of a split)."
             )
         if splits.num_examples(split) == 0:  # Else it would fail at its first batch.
             raise ConfigError(

@@ -3,9 +3,10 @@
 The params alone are restored (the optimizer state is never read), directly into the shardings
 of the mesh the config asks for on these devices, which need not be the training run's mesh.
 The metrics are the trainer's: teacher-forced loss, cross-entropy, perplexity and token accuracy
-over a split (`experiment.evaluate`), and, with decode batches, accuracy, exact match and BLEU
-of greedily decoded text (`decode_eval`). Bad input (no such workdir, step or split, a mesh that
-does not fit the devices) fails with a clear error before anything is compiled.
+over a split (`experiment.evaluate`), and, with decode batches, accuracy, exact match, BLEU and
+ROUGE-L of decoded text (`decode_eval`: encoder-decoder runs, decoder-only SFT runs). Bad input
+(no such workdir, step or split, a mesh that does not fit the devices) fails with a clear error
+before anything is compiled.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from t5x_like import config as config_lib
-from t5x_like import models, partitioning
+from t5x_like import models, partitioning, storage
 from t5x_like.experiment import assembly as experiment
 from t5x_like.experiment import decode_eval, restore, task_eval
 
@@ -49,7 +50,9 @@ def eval_config(
         cfg.train.eval_batches = num_batches or 0
         if decode_batches is not None:
             cfg.train.decode_batches = decode_batches
-    models.get(cfg.model.family).check_decode_batches(cfg.train.decode_batches)
+    models.get(cfg.model.family).check_decode_batches(
+        cfg.train.decode_batches, cfg.data.get("task", None)
+    )
     return cfg
 
 
@@ -84,16 +87,12 @@ class _CountingEvalStep:
 
 
 def default_output(workdir: str, step: int) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "eval", f"step_{step}.json")
+    return storage.join(storage.resolve(workdir), "eval", f"step_{step}.json")
 
 
 def _write_json(path: str, report: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    # Whole-file write, atomic on a local disk and on object stores (t5x_like/storage.py).
+    storage.write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def evaluate_checkpoint(
@@ -116,8 +115,8 @@ def evaluate_checkpoint(
       step: the checkpoint's step; None: the latest.
       split: the split to evaluate; None: the config's data.eval_split.
       num_batches: batches of train.batch_size rows to evaluate; None or 0: the whole split.
-      decode_batches: batches to greedily decode for text metrics (encoder-decoder only);
-        None: the config's train.decode_batches.
+      decode_batches: batches to decode for text metrics (encoder-decoder, or decoder-only
+        on data.task='sft': prompt -> completion); None: the config's train.decode_batches.
       output: where process 0 writes the JSON report; None: `<workdir>/eval/step_<N>.json`.
         With decodes, they go next to it (`step_<N>.decodes.jsonl`).
       devices: the devices to evaluate on; None: all of this run's.
@@ -156,7 +155,7 @@ def evaluate_checkpoint(
             metrics.update(scores)
     end = time.perf_counter()
 
-    output = os.path.abspath(output) if output else default_output(workdir, step)
+    output = storage.resolve(output) if output else default_output(workdir, step)
     report = {
         "workdir": workdir,
         "checkpoint": run.checkpoint,

@@ -240,8 +240,13 @@ class Generator:
 
     def __call__(self, prompts: Sequence[str]) -> list[dict[str, Any]]:
         """[{"prompt", "output", "score", "tokens"}] for each prompt, in order; "prompt" is the
-        text given, "score" None where the decoder's score is not finite (JSON has no NaN)."""
+        text given, "score" None where the decoder's score is not finite (JSON has no NaN).
+        A family that does not generate text gives `task_eval.predict_text`'s results."""
         exp = self.run.exp
+        if not exp.family.generates_text:  # Encoder-only: the task's predictions instead.
+            from t5x_like.experiment import task_eval
+
+            return task_eval.predict_text(self.run, prompts, batch_size=self.batch_rows)
         fitted = [
             fit_prompt(exp, p, i, self.truncate, self.config.max_new_tokens)
             for i, p in enumerate(prompts)

@@ -8,14 +8,13 @@ straight into that mesh's shardings. Every bad input fails before anything is co
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing
+from t5x_like import checkpointing, storage
 from t5x_like.experiment import assembly as experiment
 from t5x_like.training.compilation import enable_compilation_cache
 
@@ -34,16 +33,16 @@ class RestoredRun:
 
 def checkpoint_dir(workdir: str) -> str:
     """`<workdir>/checkpoints` of a training workdir; FileNotFoundError if it is not one."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = storage.resolve(workdir)
     hint = "a training workdir holds config.json and checkpoints/ (experiments/train.py)"
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
         raise FileNotFoundError(
             f"Workdir {workdir} does not exist: pass --workdir=<a training run's workdir>; {hint}."
         )
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
+    if not storage.isfile(storage.join(workdir, "config.json")):
         raise FileNotFoundError(f"Workdir {workdir} has no config.json: {hint}.")
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
+    directory = storage.join(workdir, "checkpoints")
+    if not storage.isdir(directory):
         raise FileNotFoundError(f"Workdir {workdir} has no checkpoints/ directory: {hint}.")
     return directory
 
@@ -61,8 +60,8 @@ def resolve_checkpoint(checkpointer: checkpointing.Checkpointer, step: int | Non
             "train.checkpoint_every steps and at its end; point at a run that has saved one."
         )
     step = checkpointer.resolve_step(step)
-    state = os.path.join(checkpointer.directory, str(step), "state")
-    if not os.path.isdir(state) or not os.listdir(state):
+    state = storage.join(checkpointer.directory, str(step), "state")
+    if not storage.listdir(state):
         raise FileNotFoundError(
             f"Checkpoint {checkpointer.directory}/{step} has no saved state ({state} is missing "
             "or empty: a save that never finished, or an incomplete copy). Choose another step "
@@ -80,11 +79,11 @@ def init_from_dir(init_from: str, init_step: int | None = None) -> str:
     Raises:
       FileNotFoundError: naming train.init_from / train.init_step and what to set them to.
     """
-    path = os.path.abspath(os.path.expanduser(init_from))
-    nested = os.path.join(path, "checkpoints")
-    directory = nested if os.path.isdir(nested) else path
+    path = storage.resolve(init_from)
+    nested = storage.join(path, "checkpoints")
+    directory = nested if storage.isdir(nested) else path
     hint = "point train.init_from at a pretraining workdir or its checkpoints/ directory"
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise FileNotFoundError(f"train.init_from={init_from!r}: no such directory; {hint}.")
     checkpointer = checkpointing.Checkpointer(directory, read_only=True)
     try:
@@ -140,6 +139,6 @@ def restore_run(
         params=params,
         param_shardings=shardings.params,
         step=step,
-        workdir=os.path.dirname(directory),
-        checkpoint=os.path.join(directory, str(step)),
+        workdir=storage.dirname(directory),
+        checkpoint=storage.join(directory, str(step)),
     )

@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_like import partitioning
-from t5x_like.data import packing
+from t5x_like import partitioning, storage
+from t5x_like.data import packing, tokenizers
 from t5x_like.data.preprocessors import BOS_ID
 from t5x_like.data.sharded_iterator import process_rows
 from t5x_like.errors import ConfigError
@@ -228,7 +228,8 @@ def encode_pair(vocab: Any, context: str, continuation: str) -> Request:
     continuation_ids = whole[len(context_ids) :]
     if not continuation_ids:
         raise ValueError(f"Continuation {continuation!r} encodes to no tokens after its context.")
-    return Request((BOS_ID, *context_ids), tuple(continuation_ids))
+    (start_id,) = tokenizers.start_ids(vocab, fallback=BOS_ID)
+    return Request((start_id, *context_ids), tuple(continuation_ids))
 
 
 def read_task_jsonl(path: str) -> list[Question]:
@@ -388,13 +389,14 @@ def score_documents(
     tokens of context, BOS before the first): per-document sums and the corpus's perplexity,
     bits per byte and word/byte perplexity (`loglikelihood.rolling_metrics`)."""
     requests, owner, tokens = [], [], []
+    (start_id,) = tokenizers.start_ids(vocab, fallback=BOS_ID)
     for d, text in enumerate(texts):
         ids = vocab.encode(text)
         if not ids:
             raise ValueError(f"Document {d} encodes to no tokens.")
         tokens.append(len(ids))
         for context, continuation in ll_lib.rolling_token_windows(
-            ids, BOS_ID, seq_len, context_len
+            ids, start_id, seq_len, context_len
         ):
             requests.append(Request(tuple(context), tuple(continuation)))
             owner.append(d)
@@ -514,9 +516,9 @@ def score_checkpoint(
     end = time.perf_counter()
     name = os.path.splitext(os.path.basename(task))[0]
     output = (
-        os.path.abspath(output)
+        storage.resolve(output)
         if output
-        else os.path.join(run.workdir, "eval", f"score_step_{run.step}_{name}.json")
+        else storage.join(run.workdir, "eval", f"score_step_{run.step}_{name}.json")
     )
     mesh_devices = list(run.exp.mesh.devices.flat)
     report = {
@@ -535,13 +537,8 @@ def score_checkpoint(
         "output": output,
         **result,
     }
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        tmp = output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, output)
+    if jax.process_index() == 0:  # Whole and atomic, on local disk or an object store.
+        storage.write_text(output, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
 
 

@@ -18,6 +18,7 @@ Other tasks have no task metrics (`applies` is False).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ def qa_answers(
             task.seq_len,
             doc_stride=task.doc_stride,
             max_query_len=task.max_query_len,
+            encode_offsets=getattr(exp.vocab, "encode_with_offsets", None),
         )
         if len(windows) + len(rows) > len(logits):
             break  # train.eval_batches stopped inside this example.
@@ -177,12 +179,29 @@ def evaluate(exp: Any, predict: Any, params: Any) -> dict[str, float]:
 MASK = "[MASK]"
 
 
+def mask_markers(vocab: Any) -> tuple[str, ...]:
+    """What a fill-mask prompt may write for a mask: "[MASK]", and the tokenizer's own mask
+    token where it has another (RoBERTa's "<mask>")."""
+    own = getattr(vocab, "mask_token", MASK)
+    return (MASK,) if own == MASK else (MASK, own)
+
+
+def _split_masks(text: str, markers: Sequence[str]) -> list[str]:
+    """`text` split at each mask marker."""
+    return re.split("|".join(map(re.escape, markers)), text)
+
+
 def _mlm_row(vocab: Any, text: str, seq_len: int, special: featurize.SpecialIds) -> dict:
-    """[CLS] text [SEP] with each "[MASK]" of `text` as the vocabulary's mask id."""
+    """[CLS] text [SEP] with each mask marker of `text` as the tokenizer's mask id. The text
+    before a mask loses its trailing spaces (transformers' mask tokens absorb the space before
+    them: a byte-level BPE would otherwise encode it as a token of its own)."""
     tokens: list[int] = []
-    for i, part in enumerate(text.split(MASK)):
+    parts = _split_masks(text, mask_markers(vocab))
+    for i, part in enumerate(parts):
         if i:
             tokens.append(vocab.mask_id)
+        if i + 1 < len(parts):
+            part = part.rstrip()
         tokens += vocab.encode(part) if part.strip() else []
     if len(tokens) + 2 > seq_len:
         raise ValueError(f"{text[:40]!r}...: {len(tokens) + 2} tokens, more than data.seq_len.")
@@ -238,6 +257,7 @@ def _rows(exp: Any, prompts: Sequence[str]) -> tuple[list[dict], list[Any]]:
                 task.seq_len,
                 doc_stride=task.doc_stride,
                 max_query_len=task.max_query_len,
+                encode_offsets=getattr(vocab, "encode_with_offsets", None),
             )
             rows += [r for r, _ in windows]
             meta.append((example, [w for _, w in windows]))
@@ -246,11 +266,16 @@ def _rows(exp: Any, prompts: Sequence[str]) -> tuple[list[dict], list[Any]]:
     return rows, meta
 
 
-def _logits(run: Any, rows: list[dict], batch_size: int) -> np.ndarray:
-    """The head's logits (`family.apply`) of `rows`, in batches of a fixed shape."""
+# id(run) -> (run, its jitted `apply`): one compilation per run and batch shape, however many
+# calls (`infer.py --interactive` predicts one line at a time).
+_APPLY_FNS: dict[int, tuple[Any, Any]] = {}
+
+
+def _apply_fn(run: Any) -> Any:
+    cached = _APPLY_FNS.get(id(run))
+    if cached is not None and cached[0] is run:
+        return cached[1]
     exp = run.exp
-    shards = exp.mesh.shape["data"] * exp.mesh.shape["fsdp"]
-    batch_rows = -(-batch_size // shards) * shards
     family, module, rules = exp.family, exp.model, exp.rules
 
     def apply(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -262,6 +287,17 @@ def _logits(run: Any, rows: list[dict], batch_size: int) -> np.ndarray:
         in_shardings=(run.param_shardings, exp.batch_sharding),
         out_shardings=partitioning.replicated(exp.mesh),
     )
+    _APPLY_FNS.clear()  # Keep only the latest run (and its params) alive.
+    _APPLY_FNS[id(run)] = (run, fn)
+    return fn
+
+
+def _logits(run: Any, rows: list[dict], batch_size: int) -> np.ndarray:
+    """The head's logits (`family.apply`) of `rows`, in batches of a fixed shape."""
+    exp = run.exp
+    shards = exp.mesh.shape["data"] * exp.mesh.shape["fsdp"]
+    batch_rows = -(-batch_size // shards) * shards
+    fn = _apply_fn(run)
     keys = featurize.BASE_KEYS
     out = []
     with partitioning.activate(exp.mesh, exp.rules):
@@ -305,9 +341,8 @@ def predict_text(run: Any, prompts: Sequence[str], *, batch_size: int = 8) -> li
         if name == "mlm":
             masked = np.flatnonzero(rows[row]["inputs"] == exp.vocab.mask_id)
             fills = [exp.vocab.decode([int(logits[row, p].argmax())]) for p in masked]
-            text = prompt
-            for fill in fills:
-                text = text.replace(MASK, fill, 1)
+            parts = _split_masks(prompt, mask_markers(exp.vocab))
+            text = parts[0] + "".join(f + p for f, p in zip(fills, parts[1:], strict=False))
             result.update(output=text, fills=fills)
         elif name == "classification":
             probs = _softmax(logits[row, 0])

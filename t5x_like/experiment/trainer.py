@@ -10,7 +10,6 @@ the non-finite step guard (nan_guard.py), and unreadable checkpoints / failed sa
 from __future__ import annotations
 
 import math
-import os
 import socket
 import time
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from t5x_like import checkpointing, host_memory, partitioning, watchdog
+from t5x_like import checkpointing, host_memory, partitioning, storage, watchdog
 from t5x_like import config as config_lib
 from t5x_like import workdir as workdir_lib
 from t5x_like.experiment import decode_eval, restore, task_eval
@@ -251,7 +250,7 @@ def _eval_and_log(
         scores, examples = decode_eval.evaluate_decodes(exp, steps["decode"], state.params)
         metrics.update(scores)
         if examples and jax.process_index() == 0:
-            path = os.path.join(workdir, "decodes", f"step_{step}.jsonl")
+            path = storage.join(workdir, "decodes", f"step_{step}.jsonl")
             decode_eval.write_jsonl(path, examples)
             for example in examples[:3]:
                 logging.info("decoded: %r -> %r (target %r)", *example.values())
@@ -265,8 +264,8 @@ def _due(done: int, every: int, total: int) -> bool:
 
 
 def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+    directory = storage.join(workdir, "checkpoints")
+    return any(name.isdigit() for name in storage.listdir(directory))
 
 
 def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -281,13 +280,13 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
       NonFiniteError: a non-finite step (train.nan_policy); the bad state was not saved.
       CheckpointSaveError: a checkpoint could not be written.
     """
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = storage.resolve(workdir)
     if cfg.train.init_from and not _has_checkpoints(workdir):
         # A fine-tuning source that cannot be read, or whose model computes another function,
         # fails here, before anything compiles.
         source = restore.init_from_dir(cfg.train.init_from, cfg.train.init_step)
-        nested = os.path.basename(source) == "checkpoints"
-        workdir_lib.check_init_from_config(cfg, os.path.dirname(source) if nested else source)
+        nested = storage.basename(source) == "checkpoints"
+        workdir_lib.check_init_from_config(cfg, storage.dirname(source) if nested else source)
     enable_compilation_cache(cfg.train.compilation_cache_dir)
     exp = build_experiment(cfg)
     logging.info("Resolved config:\n%s", config_lib.to_json(cfg))
@@ -299,18 +298,21 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
         host_memory.describe(),
     )
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
     with workdir_lib.WorkdirLock(workdir):
         # Before anything compiles or restores: a changed model shape is refused here.
         workdir_lib.check_config_change(cfg, workdir)
         train_cfg = cfg.train
         checkpointer = checkpointing.Checkpointer(
-            os.path.join(workdir, "checkpoints"),
+            storage.join(workdir, "checkpoints"),
             max_to_keep=train_cfg.max_to_keep,
             async_save=train_cfg.async_checkpoint,
         )
         host = f"host {socket.gethostname()} process {jax.process_index()}/{jax.process_count()}"
-        watch = watchdog.Watchdog(train_cfg.watchdog_s, host=host, dump_dir=workdir)
+        # The watchdog writes its dump with local file calls: into the workdir when it is on
+        # this disk, else into the current directory.
+        dump_dir = None if storage.is_remote(workdir) else workdir
+        watch = watchdog.Watchdog(train_cfg.watchdog_s, host=host, dump_dir=dump_dir)
         with watch, preemption.PreemptionGuard() as stop_signal:
             # Closed however the run ends: pending saves finish, no writer thread is left.
             try:
@@ -434,7 +436,7 @@ def _train_loop(
     # Only now is the resume accepted (the state and the data position restored): a refused
     # or failed one leaves the workdir's config.json as the checkpoints' config.
     if jax.process_index() == 0:
-        config_lib.save_config(exp.cfg, workdir)
+        workdir_lib.save_config(exp.cfg, workdir)
     start_step = int(jax.device_get(state.step))
     throughput = _describe_model(exp, state)
     state_shards = jax.tree.map(lambda x: x.sharding, state)

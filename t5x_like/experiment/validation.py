@@ -346,8 +346,71 @@ def validate_config(cfg: Any, device_count: int, process_count: int = 1) -> dict
             f"{train.steps} for the cosine schedule: lower optimizer.warmup_steps or raise "
             "train.steps.",
         )
+    _require(
+        cfg.model.get("final_logit_softcap") is None or not train.loss_chunk_size,
+        f"model.final_logit_softcap={cfg.model.get('final_logit_softcap')} needs the full "
+        f"logits, which train.loss_chunk_size={train.loss_chunk_size} never builds: set "
+        "train.loss_chunk_size=0.",
+    )
     mesh = resolve_mesh_shape(cfg.mesh, device_count)
     _check_batch(cfg, mesh, process_count)
     _check_head_sharding(cfg, mesh)
     _check_vocab_ids(cfg)
     return mesh
+
+
+def validate_topology(
+    cfg: Any, num_devices: int, num_processes: int = 1, num_slices: int = 1
+) -> dict[str, int]:
+    """`validate_config` for a job described by its size alone, without creating devices:
+    `num_devices` accelerators in all, `num_processes` processes (JAX processes: one per TPU
+    host, one per GPU under SLURM) and `num_slices` TPU slices joined by the data-center
+    network (1 elsewhere). Launch recipes are checked this way for pods nobody has at hand.
+
+    Besides `validate_config`, it refuses what `partitioning.make_mesh` would refuse on that
+    job: processes holding unequal device counts, a slice split between hosts, and a
+    `mesh.num_slices` other than the job's slices (or, with one slice, its processes).
+
+    Returns:
+      The resolved mesh shape.
+
+    Raises:
+      ConfigError: naming the field and the change that fixes it.
+    """
+    for name, value in (
+        ("devices", num_devices),
+        ("processes", num_processes),
+        ("slices", num_slices),
+    ):
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"The job's number of {name} must be a positive integer, got {value!r}.",
+        )
+    _require(
+        num_devices % num_processes == 0,
+        f"{num_devices} devices cannot be split evenly between {num_processes} processes: "
+        "every process of a JAX job holds the same number of devices.",
+    )
+    _require(
+        num_processes % num_slices == 0,
+        f"{num_processes} processes cannot be split evenly between {num_slices} slices: "
+        "every slice has the same number of hosts.",
+    )
+    mesh_slices = cfg.mesh.num_slices
+    if num_slices > 1:
+        _require(
+            mesh_slices == num_slices,
+            f"mesh.num_slices={mesh_slices!r}, but this job spans {num_slices} slices: set "
+            f"--config.mesh.num_slices={num_slices} so that only the data axis crosses the "
+            "data-center network.",
+        )
+    elif isinstance(mesh_slices, int) and mesh_slices > 1:
+        # Without TPU slices make_mesh groups the devices by process instead.
+        fix = "1" if num_processes == 1 else f"{num_processes} (one group per process) or 1"
+        _require(
+            mesh_slices == num_processes,
+            f"mesh.num_slices={mesh_slices}, but this job has one slice and {num_processes} "
+            f"process(es), which are what mesh.num_slices groups devices by off TPU pods: set "
+            f"mesh.num_slices={fix}.",
+        )
+    return validate_config(cfg, num_devices, num_processes)

@@ -43,7 +43,7 @@ from t5x_like.interop.common import (
 )
 from t5x_like.interop.family import Family, Target
 from t5x_like.layers.config import TransformerConfig
-from t5x_like.models.encoder_only import EncoderOnlyTransformer
+from t5x_like.models.encoder_only import HEAD_TASKS, EncoderOnlyTransformer
 
 # HF architecture -> (model_type, our encoder head).
 ARCHITECTURES = {
@@ -379,6 +379,27 @@ def family_for_hf(hf_config: Any) -> Family:
     by its architectures[0], type_vocab_size, labels and pad_token_id."""
     architecture, types, labels, pad = _hf_fields(hf_config)
     return family(architecture, types, labels, pad)
+
+
+def workdir_config(hf_config: Any) -> dict[str, dict[str, Any]]:
+    """The experiment config of an HF BERT/RoBERTa checkpoint besides its `TransformerConfig`
+    (section -> fields; what `convert_checkpoint --from_hf` writes into the workdir): the
+    encoder-only family with the architecture's head, token types and labels, and the task
+    that head trains on (the masked-LM heads: data.task='mlm')."""
+    args = module_args(hf_config)
+    model = dict(
+        family="encoder_only",
+        encoder_head=args["head"],
+        type_vocab_size=args["type_vocab_size"],
+        num_labels=args["num_labels"],
+    )
+    config = family_for_hf(hf_config).config_from_hf(hf_config)
+    # Rows of 128 tokens (the BERT presets'), or as many as the position table holds.
+    seq_len = min(128, config.max_len)
+    data: dict[str, Any] = dict(task=HEAD_TASKS[args["head"]], extra_ids=0, seq_len=seq_len)
+    if args["head"] == "pretraining":
+        data["sentence_pair"] = "nsp"
+    return {"model": model, "data": data}
 
 
 def module_args(hf_config: Any) -> dict[str, Any]:

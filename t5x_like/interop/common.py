@@ -224,23 +224,33 @@ def write_hf_checkpoint(
     (directory / "config.json").write_text(config_json + "\n")
 
 
-def load_state_dict(source: Source) -> StateDict:
-    """A flat `{hf_key: np.ndarray}` from any of: a torch or numpy state dict, a `.safetensors`
-    file, or an HF checkpoint directory (`model.safetensors` or a sharded
-    `model.safetensors.index.json`). Files are read without torch."""
-    if isinstance(source, Mapping):
-        return {str(k): to_numpy(v) for k, v in source.items()}
+def safetensors_files(source: str | os.PathLike) -> list[pathlib.Path]:
+    """The `.safetensors` files of an HF checkpoint directory (the shards its
+    `model.safetensors.index.json` lists, or `model.safetensors`) or of one such file.
+
+    Raises:
+      FileNotFoundError: naming the missing file (a shard the index lists included).
+      ValueError: for a path that is neither, or an index without a `weight_map`.
+    """
     path = pathlib.Path(source)
     if path.is_dir():
         index = path / "model.safetensors.index.json"
         if index.exists():
-            shards = sorted(set(_read_json(index)["weight_map"].values()))
-            state: StateDict = {}
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
+                raise _unreadable(index, "sharded index", KeyError("no weight_map of file names"))
+            shards = [path / shard for shard in sorted(set(weight_map.values()))]
             for shard in shards:
-                state.update(read_safetensors(path / shard))
-            return state
+                if not shard.is_file():
+                    raise FileNotFoundError(
+                        f"{shard}: a shard that {index.name} lists is missing; download or "
+                        "export the checkpoint again."
+                    )
+            return shards
         if (path / "model.safetensors").exists():
-            return read_safetensors(path / "model.safetensors")
+            return [path / "model.safetensors"]
         raise FileNotFoundError(
             f"{path} holds neither model.safetensors nor model.safetensors.index.json. For a "
             "pytorch_model.bin checkpoint, pass torch.load(path, weights_only=True) instead."
@@ -248,11 +258,24 @@ def load_state_dict(source: Source) -> StateDict:
     if path.suffix == ".safetensors":
         if not path.exists():
             raise FileNotFoundError(f"No such checkpoint file: {path}")
-        return read_safetensors(path)
+        return [path]
     raise ValueError(
-        f"Cannot read weights from {source!r}: expected a state dict, a .safetensors file or an HF "
-        "checkpoint directory."
+        f"Cannot read weights from {str(source)!r}: expected a state dict, a .safetensors file or "
+        "an HF checkpoint directory."
     )
+
+
+def load_state_dict(source: Source) -> StateDict:
+    """A flat `{hf_key: np.ndarray}` from any of: a torch or numpy state dict, a `.safetensors`
+    file, or an HF checkpoint directory (`model.safetensors` or a sharded
+    `model.safetensors.index.json`). Files are read whole, without torch
+    (`t5x_like.interop.streaming` reads them shard by shard onto a mesh instead)."""
+    if isinstance(source, Mapping):
+        return {str(k): to_numpy(v) for k, v in source.items()}
+    state: StateDict = {}
+    for path in safetensors_files(source):
+        state.update(read_safetensors(path))
+    return state
 
 
 def read_hf_config(source: Any) -> dict[str, Any]:

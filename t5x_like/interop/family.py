@@ -45,6 +45,22 @@ from t5x_like.models.decoder_only import DecoderOnlyTransformer
 from t5x_like.models.encoder_decoder import EncoderDecoderTransformer
 
 LM_HEAD = "lm_head.weight"
+# The settings added for the LLaMA-like families (q/k/v biases, q/k norm, sliding windows,
+# Gemma's embedding scale, soft-capping, post-branch norms, query_pre_attn_scalar, Llama 3 and
+# local RoPE), off: what GPT-2's and T5's architectures require, so that their export refuses a
+# config using any of them (naming the field) instead of writing a checkpoint that ignores it.
+PLAIN_LAYOUT = {
+    "qkv_bias": False,
+    "qk_norm": False,
+    "sliding_window": None,
+    "scale_embeddings": False,
+    "attn_logit_softcap": None,
+    "final_logit_softcap": None,
+    "query_pre_attn_scalar": None,
+    "post_branch_norm": False,
+    "rope_scaling_factor": None,
+    "rope_local_theta": None,
+}
 
 
 @dataclasses.dataclass(frozen=True)

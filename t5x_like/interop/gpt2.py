@@ -23,12 +23,19 @@ from typing import Any
 import numpy as np
 
 from t5x_like.interop.common import FusedRule, Rule, copy_rule, reshape_rule
-from t5x_like.interop.family import DECODER_ONLY, Family, causal_lm_state, lm_head_rules
+from t5x_like.interop.family import (
+    DECODER_ONLY,
+    PLAIN_LAYOUT,
+    Family,
+    causal_lm_state,
+    lm_head_rules,
+)
 from t5x_like.layers.config import TransformerConfig
 
 # HF activation_function -> ours: the ones that match exactly. gelu_new, gelu_pytorch_tanh and
-# gelu_fast are all the tanh GELU; HF's plain "gelu" is the erf GELU and deliberately absent.
+# gelu_fast are all the tanh GELU (ours: gelu); HF's plain "gelu" is the erf GELU (gelu_exact).
 _ACTIVATIONS = {
+    "gelu": "gelu_exact",
     "gelu_new": "gelu",
     "gelu_pytorch_tanh": "gelu",
     "gelu_fast": "gelu",
@@ -36,7 +43,7 @@ _ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-_ACTIVATION_FUNCTION = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}
+_ACTIVATION_FUNCTION = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "silu": "silu"}
 # Settings that change the computation in ways our layers do not express, with the value that
 # keeps parity. (reorder_and_upcast_attn only moves the 1/sqrt(head_dim) and upcasts to float32
 # under mixed precision: the same function, so it is accepted.)
@@ -57,8 +64,7 @@ def _config_values(hf: dict[str, Any]) -> dict[str, Any]:
     if activation not in _ACTIVATIONS:
         raise ValueError(
             f"activation_function={activation!r} is not supported: only {sorted(_ACTIVATIONS)} "
-            "map exactly onto our MLP (HF's plain 'gelu' is the erf GELU whereas ours is the tanh "
-            "approximation)."
+            "map exactly onto our MLP."
         )
     for key, (supported, why) in _UNSUPPORTED.items():
         if hf.get(key, supported) != supported:
@@ -200,7 +206,13 @@ GPT2 = Family(
     required_keys=("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"),
     config_values=_config_values,
     hf_values=_hf_values,
-    layout={"position": "learned", "norm": "layernorm", "norm_position": "pre", "use_bias": True},
+    layout={
+        "position": "learned",
+        "norm": "layernorm",
+        "norm_position": "pre",
+        "use_bias": True,
+        **PLAIN_LAYOUT,
+    },
     activations=_ACTIVATION_FUNCTION,
     layout_problems=_layout_problems,
     weight_rules=_weight_rules,

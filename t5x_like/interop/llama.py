@@ -4,9 +4,11 @@ LLaMA is a configuration of our shared layers: RoPE (the half-split layout, rota
 half of each head against the second, which is HF's `rotate_half`), pre-RMSNorm, a SwiGLU MLP
 (`wi_0` = `gate_proj` under SiLU, `wi_1` = `up_proj`, `wo` = `down_proj`), grouped-query attention
 (`num_kv_heads`), no biases and an untied LM head. A tied head (`tie_word_embeddings=True`) maps
-to `tie_embeddings=True` with `scale_tied_logits=False`; `attention_bias` and `mlp_bias`, when
-both set, map to `use_bias=True`. Llama 3.1 / 3.2's `rope_type: "llama3"` maps to our
-`rope_scaling_*` fields. Checkpoints of `LlamaForCausalLM` and of a bare `LlamaModel` both import.
+to `tie_embeddings=True` with `scale_tied_logits=False` (exported, a scaled tied head of ours has
+its d_model**-0.5 folded into the final norm: `tied_logits_factor`); `attention_bias` and
+`mlp_bias`, when both set, map to `use_bias=True`. Llama 3.1 / 3.2's `rope_type: "llama3"` maps
+to our `rope_scaling_*` fields. Checkpoints of `LlamaForCausalLM` and of a bare `LlamaModel` both
+import.
 
 The LLaMA-like families (mistral.py, qwen2.py, qwen3.py) share this module's tensor names, rules
 and config mapping (`llama_like_values`, `llama_like_hf_values`, `llama_like_family`) and state
@@ -41,7 +43,7 @@ from t5x_like.layers.config import TransformerConfig
 
 # HF hidden_act (of the gated MLP) -> our gated activation: the ones that match exactly. HF's
 # plain "gelu" is the erf GELU whereas ours is the tanh approximation, so it is absent.
-_ACTIVATIONS = {
+GATED_ACTIVATIONS = {
     "silu": "swiglu",
     "swish": "swiglu",
     "gelu_new": "geglu",
@@ -119,10 +121,10 @@ def llama_like_values(hf: dict[str, Any]) -> dict[str, Any]:
     Qwen3): sizes, GQA, SwiGLU-style gated MLP, pre-RMSNorm, RoPE, the tied or untied head. No
     biases; each family adds its own settings."""
     act = hf.get("hidden_act", "silu")
-    if act not in _ACTIVATIONS:
+    if act not in GATED_ACTIVATIONS:
         raise ValueError(
-            f"hidden_act={act!r} is not supported: only {sorted(_ACTIVATIONS)} map exactly onto "
-            "our gated MLP (HF's plain 'gelu' is the erf GELU whereas ours is the tanh "
+            f"hidden_act={act!r} is not supported: only {sorted(GATED_ACTIVATIONS)} map exactly "
+            "onto our gated MLP (HF's plain 'gelu' is the erf GELU whereas ours is the tanh "
             "approximation)."
         )
     d_model, num_heads = hf["hidden_size"], hf["num_attention_heads"]
@@ -141,7 +143,7 @@ def llama_like_values(hf: dict[str, Any]) -> dict[str, Any]:
         num_kv_heads=None if kv_heads == num_heads else kv_heads,
         head_dim=None if head_dim == d_model // num_heads else head_dim,
         mlp_dim=hf["intermediate_size"],
-        activation=_ACTIVATIONS[act],
+        activation=GATED_ACTIVATIONS[act],
         norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         norm_position="pre",
@@ -190,11 +192,6 @@ def layout_problems(config: TransformerConfig, label: str) -> list[str]:
         problems.append(
             f"num_kv_heads={config.num_kv_heads} does not divide num_heads={config.num_heads}"
         )
-    if config.tie_embeddings and config.scale_tied_logits:
-        problems.append(
-            f"scale_tied_logits=True ({label}'s tied LM head does not scale its logits; set "
-            "model.scale_tied_logits=False)"
-        )
     return problems
 
 
@@ -235,11 +232,23 @@ def _ignored_keys(config: TransformerConfig) -> list[str]:
     return [f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(config.num_layers)]
 
 
-def _norm_rule(hf_key: str, path: tuple[str, ...], size: int, offset: float) -> Rule:
-    """An RMSNorm scale; with `offset`, HF stores scale - offset (Gemma's `x * (1 + w)`)."""
-    if not offset:
+def _norm_rule(
+    hf_key: str, path: tuple[str, ...], size: int, offset: float, factor: float = 1.0
+) -> Rule:
+    """An RMSNorm scale; with `offset`, HF stores scale - offset (Gemma's `x * (1 + w)`); with
+    `factor`, HF's scale is ours times it (a constant folded into the norm)."""
+    if not offset and factor == 1.0:
         return copy_rule(hf_key, path, (size,))
-    return WeightRule(hf_key, path, (size,), lambda w: w + offset, lambda s: s - offset)
+    return WeightRule(
+        hf_key, path, (size,), lambda w: (w + offset) / factor, lambda s: s * factor - offset
+    )
+
+
+def tied_logits_factor(config: TransformerConfig) -> float:
+    """What our tied head multiplies the logits by (`scale_tied_logits`: d_model**-0.5), which
+    HF's unscaled tied heads get from the final norm's scale instead: RMSNorm(x) * w * c ==
+    RMSNorm(x) * (w * c), so the exported checkpoint computes the same logits."""
+    return config.d_model**-0.5 if config.tie_embeddings and config.scale_tied_logits else 1.0
 
 
 def _weight_rules(
@@ -253,8 +262,25 @@ def _weight_rules(
     for i in range(config.num_layers):
         rules += _layer_rules(config, i, norm_offset)
     final_norm = ("decoder", "final_norm", "scale")
-    rules.append(_norm_rule("model.norm.weight", final_norm, e, norm_offset))
+    factor = tied_logits_factor(config)
+    rules.append(_norm_rule("model.norm.weight", final_norm, e, norm_offset, factor))
     return rules + list(lm_head_rules(config, embedding, with_aliases))
+
+
+# HF's layer norms -> ours: LLaMA's two (post_attention_layernorm is the MLP's input norm), or
+# Gemma 2 / 3's four (a norm before and after each branch; `post_branch_norm`).
+_LAYER_NORMS = {
+    False: (
+        ("input_layernorm", "pre_attention_norm"),
+        ("post_attention_layernorm", "pre_mlp_norm"),
+    ),
+    True: (
+        ("input_layernorm", "pre_attention_norm"),
+        ("post_attention_layernorm", "attention_output_norm"),
+        ("pre_feedforward_layernorm", "pre_mlp_norm"),
+        ("post_feedforward_layernorm", "mlp_output_norm"),
+    ),
+}
 
 
 def _layer_rules(config: TransformerConfig, i: int, norm_offset: float) -> list[Rule]:
@@ -288,10 +314,7 @@ def _layer_rules(config: TransformerConfig, i: int, norm_offset: float) -> list[
         rules.append(linear_rule(f"{key}.weight", (*path, "kernel"), in_dim, out_dim))
         if config.use_bias:
             rules.append(copy_rule(f"{key}.bias", (*path, "bias"), (out_dim,)))
-    for hf_norm, norm in (
-        ("input_layernorm", "pre_attention_norm"),
-        ("post_attention_layernorm", "pre_mlp_norm"),
-    ):
+    for hf_norm, norm in _LAYER_NORMS[config.post_branch_norm]:
         key = f"{hf}.{hf_norm}.weight"
         rules.append(_norm_rule(key, (*ours, norm, "scale"), e, norm_offset))
     return rules
@@ -305,6 +328,13 @@ LLAMA_LIKE_LAYOUT = {
     "norm_position": "pre",
     "scale_attention_logits": True,
     "scale_embeddings": False,
+    # Gemma 2 / 3's settings (gemma2.py, gemma3.py), which the others' architectures lack.
+    "attn_logit_softcap": None,
+    "final_logit_softcap": None,
+    "query_pre_attn_scalar": None,
+    "post_branch_norm": False,
+    "global_every": None,
+    "rope_local_theta": None,
 }
 
 
@@ -316,10 +346,13 @@ def llama_like_family(
     hf_values: Callable[[TransformerConfig], dict[str, Any]],
     layout: dict[str, Any],
     norm_offset: float = 0.0,
+    free: tuple[str, ...] = (),
 ) -> Family:
     """The `Family` table of a LLaMA-like HF architecture (same tensor names and layout as
     `LlamaForCausalLM`): its config mapping, the settings it fixes (`layout`) and, for Gemma,
-    the offset of its RMSNorm weights (`norm_offset`: it computes x * (norm_offset + w))."""
+    the offset of its RMSNorm weights (`norm_offset`: it computes x * (norm_offset + w)), and
+    the fields of `LLAMA_LIKE_LAYOUT` that its config.json sets to any value (`free`)."""
+    layout = {k: v for k, v in {**LLAMA_LIKE_LAYOUT, **layout}.items() if k not in free}
     return Family(
         label=label,
         model_types=(model_type,),
@@ -328,7 +361,7 @@ def llama_like_family(
         required_keys=_REQUIRED_CONFIG_KEYS,
         config_values=config_values,
         hf_values=hf_values,
-        layout={**LLAMA_LIKE_LAYOUT, **layout},
+        layout=layout,
         activations=_HIDDEN_ACT,
         layout_problems=functools.partial(_layout_problems_of, label),
         weight_rules=functools.partial(_weight_rules, norm_offset=norm_offset),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from t5x_like.interop import bert, gemma, gpt2, llama, mistral, qwen2, qwen3, t5
+from t5x_like.interop import bert, gemma, gemma2, gemma3, gpt2, llama, mistral, qwen2, qwen3, t5
 from t5x_like.interop.common import read_hf_config
 from t5x_like.interop.family import Family
 
@@ -26,6 +26,8 @@ FAMILIES: Mapping[str, Family] = {
     "qwen2": qwen2.QWEN2,
     "qwen3": qwen3.QWEN3,
     "gemma": gemma.GEMMA,
+    "gemma2": gemma2.GEMMA2,
+    "gemma3": gemma3.GEMMA3,
     # The masked-LM tables; bert.family_for_hf picks the table of a checkpoint's architecture.
     "bert": bert.BERT,
     "roberta": bert.ROBERTA,
@@ -43,4 +45,14 @@ def family_for(hf_config: Any) -> Family:
         raise ValueError(
             f"HF model_type {model_type!r} has no converter; supported: {sorted(_BY_MODEL_TYPE)}."
         )
+    if model_type in ("bert", "roberta"):
+        return bert.family_for_hf(hf_config)  # One table per architecture (its head).
     return _BY_MODEL_TYPE[model_type]
+
+
+def workdir_config(hf_config: Any) -> dict[str, dict[str, Any]]:
+    """Config sections -> fields a converted workdir needs besides the model's
+    `TransformerConfig` and family (BERT / RoBERTa: their head, token types and task); {}."""
+    if read_hf_config(hf_config).get("model_type") in ("bert", "roberta"):
+        return bert.workdir_config(hf_config)
+    return {}

@@ -3,10 +3,11 @@
 Both T5 versions are configurations of our shared layers: relative position buckets, RMSNorm
 pre-norm, no biases, unscaled attention logits, one token embedding shared by encoder and decoder.
 v1.1 (and mT5) add a gated-GELU MLP (`activation="geglu"`; HF's "gated-gelu" is the tanh GELU,
-as is `jax.nn.gelu`) and an untied LM head (`tie_embeddings=False`); v1.0 has a ReLU MLP and
-computes logits against the embedding scaled by d_model**-0.5 (`tie_embeddings=True`, HF's
-`scale_decoder_outputs`). HF holds the shared embedding under three names; import reads it once
-and export repeats it under each.
+as is `jax.nn.gelu`; the other `feed_forward_proj` variants map too, see `_ACTIVATIONS`) and an
+untied LM head (`tie_embeddings=False`); v1.0 has a ReLU MLP and computes logits against the
+embedding scaled by d_model**-0.5 (`tie_embeddings=True`, HF's `scale_decoder_outputs`). HF
+holds the shared embedding under three names; import reads it once and export repeats it under
+each.
 
     config = config_from_hf("path/to/hf_checkpoint", scan_layers=True)
     params = import_t5("path/to/hf_checkpoint", config)
@@ -35,13 +36,38 @@ from t5x_like.interop.common import (
     heads_out_rule,
     linear_rule,
 )
-from t5x_like.interop.family import ENCODER_DECODER, LM_HEAD, Family, lm_head_rules
-from t5x_like.layers.config import TransformerConfig
+from t5x_like.interop.family import ENCODER_DECODER, LM_HEAD, PLAIN_LAYOUT, Family, lm_head_rules
+from t5x_like.layers.config import GATED_ACTIVATIONS, TransformerConfig
 
-# HF feed_forward_proj -> our activation: the MLPs that match exactly. HF's plain "gelu" is the
-# erf GELU while ours is the tanh approximation, so it is deliberately absent.
-_ACTIVATIONS = {"relu": "relu", "gated-gelu": "geglu"}
-_FEED_FORWARD_PROJ = {ours: hf for hf, ours in _ACTIVATIONS.items()}
+# HF feed_forward_proj ("ACT" or "gated-ACT") -> our activation: the MLPs that match exactly.
+# HF's plain "gelu" is the erf GELU (our gelu_exact); "gated-gelu" is special-cased by T5Config
+# to the tanh GELU (gelu_new), as are gelu_new and gelu_pytorch_tanh (our gelu / geglu).
+_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu_exact",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+    "gated-gelu": "geglu",
+    "gated-gelu_new": "geglu",
+    "gated-gelu_pytorch_tanh": "geglu",
+    "gated-gelu_fast": "geglu",
+    "gated-silu": "swiglu",
+    "gated-swish": "swiglu",
+    "gated-relu": "reglu",
+}
+# Ours -> the name export writes.
+_FEED_FORWARD_PROJ = {
+    "relu": "relu",
+    "gelu_exact": "gelu",
+    "gelu": "gelu_new",
+    "silu": "silu",
+    "geglu": "gated-gelu",
+    "swiglu": "gated-silu",
+    "reglu": "gated-relu",
+}
 _MODEL_TYPES = ("t5", "mt5")  # mT5 is the T5 v1.1 architecture with a bigger vocabulary.
 _REQUIRED_CONFIG_KEYS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
 
@@ -70,9 +96,8 @@ def _config_values(hf: dict[str, Any]) -> dict[str, Any]:
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in _ACTIVATIONS:
         raise ValueError(
-            f"feed_forward_proj={proj!r} is not supported: only 'relu' (T5 v1.0) and 'gated-gelu' "
-            "(T5 v1.1, mT5) map exactly onto our MLP; other gated variants are not mapped, and "
-            "HF's plain 'gelu' is the erf GELU whereas ours is the tanh approximation."
+            f"feed_forward_proj={proj!r} is not supported: only {sorted(_ACTIVATIONS)} map "
+            "exactly onto our MLP (T5 v1.0: 'relu'; v1.1 and mT5: 'gated-gelu')."
         )
     num_layers = hf["num_layers"]
     num_decoder_layers = hf.get("num_decoder_layers") or num_layers
@@ -176,7 +201,7 @@ def _layer_rules(config: TransformerConfig, stack: str, i: int) -> list[WeightRu
         rules.append(norm(1, "pre_cross_attention_norm"))
         mlp_sublayer = 2
     mlp = f"{hf}.{mlp_sublayer}.DenseReluDense"
-    for name in ("wi_0", "wi_1") if config.activation == "geglu" else ("wi",):
+    for name in ("wi_0", "wi_1") if config.activation in GATED_ACTIVATIONS else ("wi",):
         rules.append(linear_rule(f"{mlp}.{name}.weight", (*ours, "mlp", name, "kernel"), e, f))
     rules.append(linear_rule(f"{mlp}.wo.weight", (*ours, "mlp", "wo", "kernel"), f, e))
     rules.append(norm(mlp_sublayer, "pre_mlp_norm"))
@@ -227,6 +252,7 @@ T5 = Family(
         "norm_position": "pre",
         "use_bias": False,
         "scale_attention_logits": False,
+        **PLAIN_LAYOUT,
     },
     activations=_FEED_FORWARD_PROJ,
     layout_problems=_layout_problems,

@@ -151,8 +151,23 @@ class Attention(nn.Module):
             name=name,
         )(x)
 
+    def _rope(self, x: jax.Array, positions: jax.Array, local: bool | jax.Array) -> jax.Array:
+        """RoPE of the layer's kind: with `rope_local_theta`, sliding-window (`local`) layers
+        rotate at that base and unscaled (Gemma 3); `local` is a traced flag in scanned layers."""
+        cfg = self.config
+        global_rope = lambda: apply_rope(x, positions, cfg.rope_theta, cfg.rope_scaling)  # noqa: E731
+        if cfg.rope_local_theta is None or local is False:
+            return global_rope()
+        local_rope = apply_rope(x, positions, cfg.rope_local_theta)
+        if local is True:
+            return local_rope
+        return jnp.where(local, local_rope, global_rope())
+
     def _keys_values(
-        self, kv_input: jax.Array | None, kv_positions: jax.Array | None
+        self,
+        kv_input: jax.Array | None,
+        kv_positions: jax.Array | None,
+        local: bool | jax.Array = False,
     ) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
         if self.decode and self.is_cross and self.has_variable("cache", "cached_key"):
@@ -166,7 +181,7 @@ class Attention(nn.Module):
         v = self._project(kv_input, cfg.kv_heads, "kv_heads", "value")
         k = self._head_norm(k, "key_norm")
         if self.use_rope:
-            k = apply_rope(k, kv_positions, cfg.rope_theta, cfg.rope_scaling)
+            k = self._rope(k, kv_positions, local)
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "kv"))
         if not self.decode:
@@ -199,23 +214,29 @@ class Attention(nn.Module):
         q_positions: jax.Array | None = None,
         kv_positions: jax.Array | None = None,
         bias: jax.Array | None = None,
+        local: bool | jax.Array = False,
     ) -> jax.Array:
         """Attends from x [B, Tq, E] to kv_input [B, Tk, E] (or, decoding, to the cache);
-        `bias` [B|1, H, Tq, Tk] is added to the logits before the softmax."""
+        `bias` [B|1, H, Tq, Tk] is added to the logits before the softmax. `local`: this is a
+        sliding-window layer (its RoPE base may differ; the window itself is in `mask`)."""
         cfg = self.config
         # Unscaled logits (T5): the 1/sqrt(head_dim) goes into the query init, as in T5X.
         query_scale = 1.0 if cfg.scale_attention_logits else 1.0 / cfg.qkv_dim
         q = self._project(x, cfg.num_heads, "heads", "query", init_scale=query_scale)
         q = self._head_norm(q, "query_norm")
         if self.use_rope:
-            q = apply_rope(q, q_positions, cfg.rope_theta, cfg.rope_scaling)
+            q = self._rope(q, q_positions, local)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-        k, v = self._keys_values(kv_input, kv_positions)
+        k, v = self._keys_values(kv_input, kv_positions, local)
         scale = None if cfg.scale_attention_logits else 1.0
+        if cfg.scale_attention_logits and cfg.query_pre_attn_scalar is not None:
+            scale = cfg.query_pre_attn_scalar**-0.5  # Gemma 2 / 3.
+        softcap = cfg.attn_logit_softcap
         if bias is not None:
             bias = bias.astype(q.dtype)
         causal = self.causal and not self.decode  # Decoding attends over the whole cache.
-        if cfg.attention_impl == "cudnn" and not self.decode:
+        # cuDNN's fused kernel has no logit soft-capping: capped models use the einsum core.
+        if cfg.attention_impl == "cudnn" and not self.decode and softcap is None:
             # The segment mask becomes a cuDNN bias; is_causal lets the kernel skip the blocks
             # above the diagonal. Decoding steps (one query over the cache) stay on einsums.
             out = jax.nn.dot_product_attention(
@@ -230,7 +251,7 @@ class Attention(nn.Module):
             )
         else:
             out = xla_cpu.dot_product_attention(
-                q, k, v, mask, bias=bias, scale=scale, causal=causal
+                q, k, v, mask, bias=bias, scale=scale, causal=causal, softcap=softcap
             )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         y = dense(cfg, cfg.d_model, ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)

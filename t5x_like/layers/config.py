@@ -85,6 +85,23 @@ class TransformerConfig:
     # Each token attends to itself and at most sliding_window - 1 earlier tokens (Mistral);
     # None: to all of them.
     sliding_window: int | None = None
+    # With sliding_window: every global_every-th layer (the last of each group of global_every)
+    # attends to all tokens and the others within the window (Gemma 2: 2, Gemma 3: 6); None:
+    # every layer within the window.
+    global_every: int | None = None
+    # RoPE base of the sliding-window layers (Gemma 3's local layers), which then take no RoPE
+    # scaling; None: every layer uses rope_theta (and the rope scaling).
+    rope_local_theta: float | None = None
+    # Gemma 2's tanh soft-capping, cap * tanh(x / cap), of the attention logits (before the mask)
+    # and of the LM head's logits; None: uncapped.
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    # Attention logits scaled by query_pre_attn_scalar**-0.5 instead of head_dim**-0.5 (Gemma 2 /
+    # 3); None: head_dim.
+    query_pre_attn_scalar: float | None = None
+    # Pre-norm layers also normalise each branch's output before adding it to the residual
+    # stream (Gemma 2 / 3's post_attention_layernorm and post_feedforward_layernorm).
+    post_branch_norm: bool = False
     dropout_rate: float = 0.0
     dtype: str = "float32"  # Compute dtype.
     param_dtype: str = "float32"
@@ -110,6 +127,17 @@ class TransformerConfig:
             self.rope_high_freq_factor,
             self.rope_original_max_len,
         )
+
+    def is_local_layer(self, index: int) -> bool:
+        """Whether layer `index` attends within `sliding_window` (the others attend to all)."""
+        if self.sliding_window is None:
+            return False
+        return self.global_every is None or (index + 1) % self.global_every != 0
+
+    @property
+    def mixed_layers(self) -> bool:
+        """Whether sliding-window (local) and global layers alternate (`global_every`)."""
+        return self.sliding_window is not None and self.global_every not in (None, 1)
 
     @property
     def qkv_dim(self) -> int:

@@ -11,6 +11,7 @@ With `scan_layers`, the layers are one `nn.scan` over a stacked copy of the laye
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from t5x_like.layers.attention import QKV_PROJ_NAMES, Attention, sliding_window_mask
 from t5x_like.layers.config import TransformerConfig
@@ -22,14 +23,20 @@ from t5x_like.layers.norms import make_norm
 class TransformerLayer(nn.Module):
     """Self-attention, optional cross-attention and MLP, each a residual branch with dropout.
 
-    Pre-norm: x + Branch(Norm(x)). Post-norm: Norm(x + Branch(x)). With `decode`, the
-    attention keys and values come from (and go to) the "cache" collection.
+    Pre-norm: x + Branch(Norm(x)); with `post_branch_norm`, x + OutNorm(Branch(Norm(x)))
+    (Gemma 2 / 3). Post-norm: Norm(x + Branch(x)). With `decode`, the attention keys and values
+    come from (and go to) the "cache" collection.
+
+    A sliding-window (`local`) layer among global ones: unrolled, `local` says which it is and
+    `mask` is already its own; scanned, the traced `is_local` picks between `mask` and
+    `local_mask` (and the RoPE base, see `Attention`), so one scanned body serves both kinds.
     """
 
     config: TransformerConfig
     cross_attention: bool = False
     decode: bool = False
     causal: bool = True  # Self-attention masks future tokens (decoders).
+    local: bool = False
 
     @nn.compact
     def __call__(
@@ -41,14 +48,21 @@ class TransformerLayer(nn.Module):
         encoded: jax.Array | None = None,
         cross_mask: jax.Array | None = None,
         attention_bias: jax.Array | None = None,
+        local_mask: jax.Array | None = None,
+        is_local: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
+        local = self.local
+        if is_local is not None:
+            mask, local = jnp.where(is_local, local_mask, mask), is_local
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         pre_norm = cfg.norm_position == "pre"
 
         def residual(x: jax.Array, branch, name: str) -> jax.Array:
             norm = make_norm(cfg, f"{'pre' if pre_norm else 'post'}_{name}_norm")
             h = branch(norm(x) if pre_norm else x)
+            if pre_norm and cfg.post_branch_norm:
+                h = make_norm(cfg, f"{name}_output_norm")(h)
             x = x + dropout(h, deterministic=deterministic)
             return x if pre_norm else norm(x)
 
@@ -61,7 +75,9 @@ class TransformerLayer(nn.Module):
         )
         x = residual(
             x,
-            lambda h: self_attention(h, h, mask, positions, positions, bias=attention_bias),
+            lambda h: self_attention(
+                h, h, mask, positions, positions, bias=attention_bias, local=local
+            ),
             "attention",
         )
         if self.cross_attention:
@@ -130,28 +146,39 @@ class TransformerStack(nn.Module):
             bias = RelativePositionBias(cfg, bidirectional=not self.causal, name="relpos_bias")(
                 positions, positions if kv_positions is None else kv_positions
             )
+        local_mask = mask
         if cfg.sliding_window is not None:
-            mask = mask & sliding_window_mask(
+            local_mask = mask & sliding_window_mask(
                 positions, positions if kv_positions is None else kv_positions, cfg.sliding_window
             )
-        args = (mask, positions, deterministic, encoded, cross_mask, bias)
+        args = (positions, deterministic, encoded, cross_mask, bias)
         if cfg.scan_layers:
+            in_axes = (nn.broadcast,) * (len(args) + 1)
+            if cfg.mixed_layers:  # Both masks, and each layer's kind as a scanned input.
+                kinds = [cfg.is_local_layer(i) for i in range(cfg.num_layers)]
+                args += (local_mask, jnp.asarray(kinds))
+                in_axes += (nn.broadcast, 0)
             scanned = nn.scan(
                 layer_cls,
                 variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,) * len(args),
+                in_axes=in_axes,
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            layers = scanned(cfg, self.cross_attention, self.decode, self.causal, name="layers")
-            x, _ = layers(x, *args)
+            # Without mixed kinds every layer is layer 0's kind.
+            local = cfg.is_local_layer(0) and not cfg.mixed_layers
+            layers = scanned(
+                cfg, self.cross_attention, self.decode, self.causal, local, name="layers"
+            )
+            x, _ = layers(x, local_mask if local else mask, *args)
         else:
             for i in range(cfg.num_layers):
+                local = cfg.is_local_layer(i)
                 layer = layer_cls(
-                    cfg, self.cross_attention, self.decode, self.causal, name=f"layers_{i}"
+                    cfg, self.cross_attention, self.decode, self.causal, local, name=f"layers_{i}"
                 )
-                x = layer(x, *args)
+                x = layer(x, local_mask if local else mask, *args)
         if cfg.norm_position == "post":  # Each layer already ends in a norm.
             return x
         return make_norm(cfg, "final_norm")(x)

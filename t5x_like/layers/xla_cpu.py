@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -141,15 +142,18 @@ def dot_product_attention(
     bias: jax.Array | None = None,
     scale: float | None = None,
     causal: bool = False,
+    softcap: float | None = None,
 ) -> jax.Array:
     """softmax(scale * q k^T + bias, where mask) v: q [B, T, H, D], k and v [B, S, KH, D] (H a
     multiple of KH), mask [B|1, 1, T, S], bias [B|1, H, T, S]; scale None: 1/sqrt(D).
 
     `causal`: the mask is also lower-triangular (T == S), which `causal_split` may exploit.
-    `heads_major` picks `heads_major_attention` or `plain_attention`.
+    `softcap`: the scaled logits become softcap * tanh(logits / softcap) before the bias and
+    mask (Gemma 2); jax.nn's attention has no such step, so capped attention is always the
+    heads-major formulation. `heads_major` picks `heads_major_attention` or `plain_attention`.
     """
-    if _active.heads_major:
-        return heads_major_attention(q, k, v, mask, bias, scale, causal)
+    if _active.heads_major or softcap is not None:
+        return heads_major_attention(q, k, v, mask, bias, scale, causal, softcap)
     return plain_attention(q, k, v, mask, bias, scale, causal)
 
 
@@ -184,6 +188,7 @@ def heads_major_attention(
     bias: jax.Array | None = None,
     scale: float | None = None,
     causal: bool = False,
+    softcap: float | None = None,
 ) -> jax.Array:
     """The math of `jax.nn.dot_product_attention`'s XLA implementation (float32 logits and
     softmax, the same fill value for masked logits) written for XLA:CPU, which runs it ~1.4x
@@ -204,10 +209,11 @@ def heads_major_attention(
     if scale != 1.0:
         q = q * jnp.asarray(scale, q.dtype)
     k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    attend = functools.partial(_attend, softcap=softcap)
     if _splits(causal, t, s):
-        out = _causal_halves(_attend, q, k, v, mask, bias, axis=2)
+        out = _causal_halves(attend, q, k, v, mask, bias, axis=2)
     else:
-        out = _attend(q, k, v, mask, bias)
+        out = attend(q, k, v, mask, bias)
     return jnp.swapaxes(out, 1, 2)
 
 
@@ -254,7 +260,7 @@ def _causal_halves(
     return jnp.concatenate(halves, axis=axis)
 
 
-def _attend(q, k, v, mask, bias):
+def _attend(q, k, v, mask, bias, softcap=None):
     """The attention of heads-major, pre-scaled q [B, H, T, D] over k, v [B, KH, S, D]."""
     b, heads, t, d = q.shape
     kv_heads, s = k.shape[1], k.shape[2]
@@ -265,6 +271,8 @@ def _attend(q, k, v, mask, bias):
         q = q.reshape(b, kv_heads, heads // kv_heads, t, d)
         logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=f32)
         logits = logits.reshape(b, heads, t, s)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
     if bias is not None:
         logits = logits + bias.astype(f32)
     logits = jnp.where(mask, logits, jnp.asarray(-0.7 * jnp.finfo(f32).max, f32))

@@ -20,12 +20,29 @@ from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.errors import ConfigError
 from t5x_like.layers.config import TransformerConfig
 
 Batch = dict[str, jax.Array]
+
+
+# What decoded-text metrics need, as the end of a sentence (see `decoded_metrics_problem`).
+_DECODABLE = (
+    "model.family='encoder_decoder', or model.family='decoder_only' with data.task='sft' "
+    "(prompt -> completion rows)"
+)
+
+
+class DecodeEvalBatch(NamedTuple):
+    """An eval batch as decoded-text metrics read it (`ModelFamily.decode_eval_batch`)."""
+
+    prompts: dict[str, jax.Array]  # What decoding.generate takes (the family's prompt_keys).
+    targets: jax.Array  # [B, T] the reference's tokens, pad (0) elsewhere; all pad: no example.
+    inputs: jax.Array  # [B, I] the prompt's tokens to show with the prediction, pad elsewhere.
+    keep: jax.Array  # [B] int32: generated tokens of each row that count (the rest are cut).
 
 
 class LMHead(NamedTuple):
@@ -77,8 +94,12 @@ class ModelFamily(abc.ABC):
     segment_ids_key: ClassVar[str]
     # Keys of a decoding prompt batch (tokens, segment ids), as `generate` takes them.
     prompt_keys: ClassVar[tuple[str, str]]
-    # Whether the evaluator's decoded-text metrics (train.decode_batches) are wired for it.
+    # Whether the evaluator's decoded-text metrics (train.decode_batches) are wired for it
+    # (on every task it reads; a family may refuse some in `decoded_metrics_problem`).
     supports_decoded_metrics: ClassVar[bool]
+    # The tasks (data.task) whose eval rows it splits into prompt and reference for them;
+    # None: every task it reads.
+    decoded_metrics_tasks: ClassVar[tuple[str, ...] | None] = None
     # Whether it generates text (the decoding hooks below); False: inference predicts the
     # task's outputs from the head instead (experiment/task_eval.predict_text).
     generates_text: ClassVar[bool] = True
@@ -179,10 +200,11 @@ class ModelFamily(abc.ABC):
                 f"model.family={self.name!r} does not read: pick a task of that family."
             )
         self._validate_model_fields(cfg.model)
-        if cfg.train.decode_batches and not self.supports_decoded_metrics:
+        problem = self.decoded_metrics_problem(task.name)
+        if cfg.train.decode_batches and problem:
             raise ConfigError(
-                "train.decode_batches > 0 (decoded-text metrics) needs model.family="
-                "'encoder_decoder' for now; set train.decode_batches=0."
+                f"train.decode_batches > 0 (decoded-text metrics) needs {problem}; set "
+                "train.decode_batches=0."
             )
 
     @abc.abstractmethod
@@ -193,14 +215,43 @@ class ModelFamily(abc.ABC):
     def _task_mismatch(self, task: Any) -> str:
         """The error message for a task whose rows this family cannot read."""
 
-    def check_decode_batches(self, decode_batches: int) -> None:
-        """Raises ConfigError if `decode_batches` > 0 asks for unsupported decoded metrics."""
-        if decode_batches and not self.supports_decoded_metrics:
+    def decoded_metrics_problem(self, task_name: str | None) -> str | None:
+        """What decoded-text metrics (train.decode_batches) would need that this family on
+        data.task=`task_name` lacks, as the end of a sentence; None when they work.
+
+        A family decodes a task's eval rows when it can split them into a prompt and a
+        reference (`decode_eval_batch`): encoder-decoder rows always, decoder-only SFT rows.
+        """
+        tasks = self.decoded_metrics_tasks
+        if self.supports_decoded_metrics and (tasks is None or task_name in tasks):
+            return None
+        return f"{_DECODABLE}; this run is model.family={self.name!r} on data.task={task_name!r}"
+
+    def check_decode_batches(self, decode_batches: int, task_name: str | None = None) -> None:
+        """Raises ConfigError if `decode_batches` > 0 asks for decoded metrics this family
+        cannot compute on data.task=`task_name`."""
+        problem = self.decoded_metrics_problem(task_name)
+        if decode_batches and problem:
             raise ConfigError(
-                f"decode_batches={decode_batches}: decoded-text metrics need "
-                f"model.family='encoder_decoder' for now, this run is {self.name!r}; "
-                "use decode_batches=0."
+                f"decode_batches={decode_batches}: decoded-text metrics need {problem}; use "
+                "decode_batches=0."
             )
+
+    def decode_max_new_tokens(self, task: Any) -> int:
+        """Tokens decoded per eval row for decoded-text metrics: the rows' target length."""
+        return task.targets_len
+
+    def decode_eval_batch(self, batch: Batch, task: Any) -> DecodeEvalBatch:
+        """An eval batch (one example per row) split into what decoded-text metrics need:
+        here the prompt is the batch's `prompt_keys` features, the reference its targets."""
+        tokens_key, segment_ids_key = self.prompt_keys
+        targets = batch["targets"]
+        return DecodeEvalBatch(
+            prompts={k: batch[k] for k in (tokens_key, segment_ids_key)},
+            targets=targets,
+            inputs=batch[tokens_key],
+            keep=jnp.full(targets.shape[:1], self.decode_max_new_tokens(task), jnp.int32),
+        )
 
     # -- decoding (what decoding.CachedDecoder runs) -----------------------------------------
 

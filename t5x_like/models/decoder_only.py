@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_like.errors import ConfigError
 from t5x_like.layers import initializers
 from t5x_like.layers.attention import (
     DecodeState,
@@ -19,7 +20,7 @@ from t5x_like.layers.config import TransformerConfig
 from t5x_like.layers.embeddings import Embed, LearnedPositions, add_absolute_positions
 from t5x_like.layers.linear import dense
 from t5x_like.layers.transformer import TransformerStack
-from t5x_like.models.base import Batch, ModelFamily, matmul_params
+from t5x_like.models.base import Batch, DecodeEvalBatch, ModelFamily, matmul_params
 
 
 class DecoderOnlyTransformer(nn.Module):
@@ -79,10 +80,19 @@ class DecoderOnlyTransformer(nn.Module):
             x = x[:, -1:]
 
         if return_hidden:
+            if cfg.final_logit_softcap is not None:  # The fused head + loss would not cap.
+                raise ConfigError(
+                    f"model.final_logit_softcap={cfg.final_logit_softcap} needs the full logits: "
+                    "set train.loss_chunk_size=0."
+                )
             return embed.attend_inputs(x) if cfg.tie_embeddings else x
         if cfg.tie_embeddings:
-            return embed.attend(x)
-        logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), "logits", use_bias=False)(x)
+            logits = embed.attend(x)
+        else:
+            logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), "logits", use_bias=False)(x)
+        if cfg.final_logit_softcap is not None:  # Gemma 2: cap * tanh(logits / cap).
+            cap = cfg.final_logit_softcap
+            logits = jnp.tanh(logits / cap) * cap
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -138,8 +148,19 @@ class DecoderOnly(ModelFamily):
     features = ("inputs", "targets", "segment_ids", "positions", "weights")
     segment_ids_key = "segment_ids"
     prompt_keys = ("tokens", "segment_ids")
-    supports_decoded_metrics = False
-    hf_model_types = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma")
+    supports_decoded_metrics = True
+    # Only SFT rows say where the prompt ends (their loss mask); causal_lm rows do not.
+    decoded_metrics_tasks = ("sft",)
+    hf_model_types = (
+        "gpt2",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+    )
 
     def build(self, model_cfg: Any) -> nn.Module:
         """The module, with the config's init scheme (embed_init_std, scale_residual_init)."""
@@ -225,6 +246,36 @@ class DecoderOnly(ModelFamily):
         segment_ids = jnp.asarray(prompts["segment_ids"], jnp.int32)
         positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
         return tokens, segment_ids, positions
+
+    def decode_max_new_tokens(self, task: Any) -> int:
+        """A row's length: the longest completion after a prompt of one token (BOS)."""
+        return task.seq_len
+
+    def decode_eval_batch(self, batch: Batch, task: Any) -> DecodeEvalBatch:
+        """SFT rows (one example each) split where their loss mask starts: the prompt is the
+        inputs up to the one predicting the completion's first token (BOS, the prompt's
+        tokens), left-padded; the reference is the completion (EOS included); a row of
+        P prompt tokens keeps L - P + 1 generated tokens, what a row of L would hold, so no
+        kept token comes from a position the model was not trained at."""
+        segments = batch["segment_ids"] > 0
+        completion = segments & (batch["weights"] > 0)
+        # Prompt positions: no completion target before them (the first one's input included).
+        before = jnp.cumsum(completion, axis=1) - completion
+        in_prompt = segments & (before == 0)
+        # Left-pad: a stable sort puts each row's prompt positions last, in order.
+        order = jnp.argsort(in_prompt, axis=1, stable=True)
+        tokens = jnp.take_along_axis(jnp.where(in_prompt, batch["inputs"], 0), order, axis=1)
+        prompt_segments = jnp.take_along_axis(in_prompt, order, axis=1).astype(jnp.int32)
+        # A row without an example (eval top-up) decodes one pad token instead of nothing.
+        prompt_segments = prompt_segments.at[:, -1].set(1)
+        prompt_len = jnp.sum(in_prompt, axis=1)
+        targets = batch["targets"]
+        return DecodeEvalBatch(
+            prompts={"tokens": tokens.astype(jnp.int32), "segment_ids": prompt_segments},
+            targets=jnp.where(completion, targets, 0),
+            inputs=jnp.where(segments & ~completion, targets, 0),
+            keep=(targets.shape[1] - prompt_len + 1).astype(jnp.int32),
+        )
 
     def prompt_batch(
         self,

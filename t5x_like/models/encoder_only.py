@@ -315,7 +315,7 @@ class EncoderOnly(ModelFamily):
 
     # The family does not decode: every decoding hook refuses with one line.
 
-    def check_decode_batches(self, decode_batches: int) -> None:
+    def check_decode_batches(self, decode_batches: int, task_name: str | None = None) -> None:
         if decode_batches:
             raise ConfigError(NO_DECODING + " Set train.decode_batches=0.")
 

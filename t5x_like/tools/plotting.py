@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from t5x_like import storage
 from t5x_like.training.metrics_writer import read_metrics
 
 DEFAULT_METRICS = ("loss", "accuracy")
@@ -34,20 +35,21 @@ DPI = 100
 
 
 def load_run(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
-    """split -> step -> the last record logged for it, from `<workdir>/metrics.jsonl`.
+    """split -> step -> the last record logged for it, from `<workdir>/metrics.jsonl` (or the
+    `metrics/` chunks of an object-store workdir).
 
     Raises:
-      FileNotFoundError: no metrics.jsonl (not a training workdir, or nothing logged yet).
+      FileNotFoundError: no metrics (not a training workdir, or nothing logged yet).
       ValueError: a line that is not JSON, or no train or eval record at all.
     """
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = storage.join(workdir, storage.METRICS_FILE)
+    try:
+        run = {split: read_metrics(workdir, split) for split in SPLITS}
+    except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{path} does not exist: pass the workdir of a training run (experiments/train.py "
             "writes metrics.jsonl there every train.log_every steps)."
-        )
-    try:
-        run = {split: read_metrics(workdir, split) for split in SPLITS}
+        ) from e
     except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(
             f"{path} is not a metrics log of JSON lines with 'step' and 'split' ({e!r}); "
@@ -63,6 +65,8 @@ def load_run(workdir: str) -> dict[str, dict[int, dict[str, Any]]]:
 
 def run_label(workdir: str) -> str:
     """The run's name in legends and tables: its workdir's basename."""
+    if storage.is_remote(workdir):
+        return storage.basename(workdir) or workdir
     return os.path.basename(os.path.normpath(workdir)) or workdir
 
 
@@ -125,8 +129,11 @@ def plot_curves(
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=DPI)
+    # One whole object on an object store (closing the file uploads it).
+    with storage.open_for_write(
+        out_path if storage.is_remote(out_path) else os.path.abspath(out_path)
+    ) as f:
+        fig.savefig(f, format="png", dpi=DPI)
     return out_path
 
 
@@ -144,7 +151,7 @@ def write_training_curves(workdir: str, metrics: Sequence[str] | None = None) ->
     `metrics`: None plots `run_metrics(workdir)` (decoded-text metrics included when logged).
     """
     metrics = run_metrics(workdir) if metrics is None else metrics
-    return plot_curves([workdir], os.path.join(workdir, "curves.png"), metrics)
+    return plot_curves([workdir], storage.join(workdir, "curves.png"), metrics)
 
 
 def last_metrics(workdir: str) -> dict[str, tuple[int, dict[str, Any]] | None]:
@@ -174,3 +181,88 @@ def markdown_table(workdirs: Sequence[str], metrics: Sequence[str] = DEFAULT_MET
             row += [_cell(step), *(_cell(record.get(m)) for m in metrics)]
         rows.append(row)
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def members_figure(
+    workdirs: Sequence[str],
+    metrics: Sequence[str] = ("loss",),
+    split: str = "eval",
+    labels: Sequence[str] | None = None,
+    highlight: Sequence[str] = (),
+) -> tuple[Figure, list[str]]:
+    """A figure comparing many runs (a sweep's members): one panel per metric, one line per
+    run of its `split` values vs step, the runs named in `highlight` (labels) drawn thick.
+
+    Returns the figure and the labels of the runs left out for having no `split` records
+    (not started, failed before logging).
+
+    Raises:
+      ValueError: no run logged any of `metrics` on `split`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} must be one of {SPLITS}.")
+    if not metrics:
+        raise ValueError("members_figure needs at least one metric, e.g. ('loss',).")
+    labels = list(labels) if labels is not None else _labels(workdirs)
+    runs, skipped = [], []
+    for workdir, label in zip(workdirs, labels, strict=True):
+        try:
+            records = load_run(workdir)[split]
+        except (FileNotFoundError, ValueError):
+            records = {}
+        if records:
+            runs.append((label, records))
+        else:
+            skipped.append(label)
+    width, height = PANEL_SIZE
+    fig = Figure(figsize=(width * len(metrics) * 1.3, height * 1.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, (label, records) in enumerate(runs):
+            points = [
+                (step, r[metric])
+                for step, r in records.items()
+                if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])
+            ]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            best = label in highlight
+            ax.plot(
+                steps,
+                values,
+                "o-" if split == "eval" else "-",
+                color=f"C{i % 10}",
+                linewidth=2.8 if best else 1.2,
+                markersize=3,
+                label=f"{label} (best)" if best else label,
+                zorder=3 if best else 2,
+            )
+        if not ax.get_lines():
+            raise ValueError(
+                f"No run logged {split} {metric!r}: choose another metric or split (the "
+                "train split has a record every train.log_every steps)."
+            )
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{split} {metric}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig, skipped
+
+
+def plot_members(
+    workdirs: Sequence[str],
+    out_path: str,
+    metrics: Sequence[str] = ("loss",),
+    split: str = "eval",
+    labels: Sequence[str] | None = None,
+    highlight: Sequence[str] = (),
+) -> list[str]:
+    """Writes `members_figure` as a PNG at `out_path`; returns the labels of runs left out."""
+    fig, skipped = members_figure(workdirs, metrics, split, labels, highlight)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path, format="png", dpi=DPI)
+    return skipped

@@ -258,3 +258,34 @@ def test_multiple_choice_acc_and_acc_norm_by_hand():
     assert report["metrics"]["acc"] == pytest.approx(np.mean([a for a, _ in accs]))
     assert report["metrics"]["acc_norm"] == pytest.approx(np.mean([n for _, n in accs]))
     assert report["choices"] == 8
+
+
+class _BosCharVocab(_CharVocab):
+    """`_CharVocab` with a BOS, id 1: neither the pad id 0 nor any character's id."""
+
+    bos_id = 1
+
+
+def test_requests_start_with_the_tokenizers_bos_and_match_transformers():
+    """A tokenizer with a BOS: pair requests and rolling windows start with it (not pad 0), and
+    their scores on an imported LLaMA equal transformers' on the same ids, BOS first."""
+    hf, forward = _model("llama")
+    vocab = _BosCharVocab()
+    context, continuation = "The cat sat on the", " mat"
+    request = scoring.encode_pair(vocab, context, continuation)
+    assert request == scoring.Request((1, *vocab.encode(context)), tuple(vocab.encode(" mat")))
+    assert scoring.encode_pair(_CharVocab(), context, continuation).context[0] == BOS  # no BOS
+    scores = scoring.score_requests(forward, [request], 32, batch_rows=1)
+    assert abs(scores.loglikelihoods[0] - _hf_score(hf, request, 32)[0]) <= ATOL
+    # Rolling: one window covering the document is log p(doc | BOS) by transformers.
+    doc = "A rolling document, scored in windows."
+    ids = vocab.encode(doc)
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([[1, *ids[:-1]]])).logits[0].double()
+    full = float(torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None]).sum())
+    report = scoring.score_documents(forward, vocab, [doc], seq_len=48, batch_rows=1)
+    assert report["windows"] == 1
+    assert abs(report["loglikelihoods"][0] - full) <= ATOL
+    # BOS changes the score: the start token really is the tokenizer's.
+    without = scoring.score_documents(forward, _CharVocab(), [doc], seq_len=48, batch_rows=1)
+    assert abs(without["loglikelihoods"][0] - full) > 1e-3

@@ -195,3 +195,28 @@ def assert_state_dicts_equal(exported: dict, reference: dict) -> None:
     for key, value in reference.items():
         assert exported[key].dtype == np.float32, key
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+def write_bpe_tokenizer(directory, texts, specials, bos: str, eos: str, pad: str | None = None):
+    """A byte-level BPE `tokenizer.json` trained on `texts` (`specials` first, ids 0..) and a
+    tokenizer_config.json naming its BOS / EOS (/ pad) tokens, written into `directory`; returns
+    the `tokenizers.Tokenizer`."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.save(str(directory / "tokenizer.json"))
+    names = {"bos_token": bos, "eos_token": eos, **({"pad_token": pad} if pad else {})}
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **names})
+    )
+    return tok

@@ -254,7 +254,6 @@ def test_import_errors_name_the_key_and_expected_shape():
     [
         ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
         ({"add_cross_attention": True}, "add_cross_attention=True is not supported"),
-        ({"activation_function": "gelu"}, "erf GELU"),
         ({"activation_function": "quick_gelu"}, "activation_function='quick_gelu'"),
         ({"model_type": "gpt_neo"}, "model_type 'gpt_neo' is not a GPT-2 config"),
     ],
@@ -265,6 +264,18 @@ def test_config_from_hf_rejects_unsupported_settings(change, match):
         gpt2.config_from_hf(hf)
 
 
+def test_erf_gelu_model_matches_transformers():
+    """GPT-2's activation_function='gelu' (the erf GELU, our gelu_exact): whole-model logits."""
+    model = _build("gpt2", activation_function="gelu")
+    config = gpt2.config_from_hf(model.config)
+    assert config.activation == "gelu_exact"
+    assert gpt2.hf_config_dict(config)["activation_function"] == "gelu"
+    params = gpt2.import_gpt2({k: v.numpy() for k, v in model.state_dict().items()}, config)
+    parity.assert_logits_parity(
+        parity.our_logits(params, config), parity.hf_logits(model), "GPT-2 erf gelu"
+    )
+
+
 def test_export_rejects_non_gpt2_configs_and_mismatched_params():
     ref = _reference("gpt2")
     llama_like = dataclasses.replace(ref.config, position="rope", use_bias=False, num_kv_heads=2)
@@ -272,6 +283,17 @@ def test_export_rejects_non_gpt2_configs_and_mismatched_params():
         gpt2.export_gpt2({}, llama_like)
     with pytest.raises(ValueError, match="scale_tied_logits=True"):
         gpt2.hf_config_dict(dataclasses.replace(ref.config, scale_tied_logits=True))
+    # The LLaMA-like families' settings are refused, each named, not silently dropped.
+    for field, value in (
+        ("qk_norm", True),
+        ("qkv_bias", True),
+        ("sliding_window", 8),
+        ("final_logit_softcap", 30.0),
+        ("rope_scaling_factor", 8.0),
+        ("scale_embeddings", True),
+    ):
+        with pytest.raises(ValueError, match=f"{field}={value!r} \\(GPT-2: "):
+            gpt2.hf_config_dict(dataclasses.replace(ref.config, **{field: value}))
     params = gpt2.import_gpt2(ref.state, ref.config)
     params["decoder"]["layers_1"]["mlp"]["wi"]["bias"] = np.zeros(32, np.float32)
     with pytest.raises(

@@ -13,6 +13,8 @@ from t5x_like.interop import (
     bert,
     common,
     gemma,
+    gemma2,
+    gemma3,
     gpt2,
     llama,
     mistral,
@@ -48,6 +50,28 @@ SMALL_HF_CONFIGS = {
         num_attention_heads=4,
         num_key_value_heads=2,
     ),
+    # Alternating local / global layers: scanned, the same params round-trip.
+    "gemma2": dict(
+        model_type="gemma2",
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        head_dim=16,
+        sliding_window=4,
+    ),
+    "gemma3_text": dict(
+        model_type="gemma3_text",
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        head_dim=16,
+        sliding_window=4,
+        sliding_window_pattern=3,
+    ),
 }
 EXPECTED_FAMILY = {
     "t5": t5.T5,
@@ -58,6 +82,8 @@ EXPECTED_FAMILY = {
     "qwen2": qwen2.QWEN2,
     "qwen3": qwen3.QWEN3,
     "gemma": gemma.GEMMA,
+    "gemma2": gemma2.GEMMA2,
+    "gemma3_text": gemma3.GEMMA3,
     "bert": bert.BERT,
     "roberta": bert.ROBERTA,
 }
@@ -89,7 +115,11 @@ def test_saved_checkpoint_picks_its_family_and_round_trips(model_type, scan_laye
     shapes = common.param_shapes(target.module(config), *common.int_inputs(*target.init_shapes))
     rng = np.random.default_rng(0)
     params = traverse_util.unflatten_dict(
-        {path: rng.standard_normal(shape).astype(np.float32) for path, shape in shapes.items()}
+        # Multiples of 1/64: exact through Gemma's norm offset too (HF stores scale - 1).
+        {
+            path: (np.round(rng.standard_normal(shape) * 64) / 64).astype(np.float32)
+            for path, shape in shapes.items()
+        }
     )
     family.save_hf_checkpoint(params, config, tmp_path)
 

@@ -317,8 +317,8 @@ def test_import_rejects_embeddings_our_model_cannot_share():
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"feed_forward_proj": "gated-silu"}, "feed_forward_proj='gated-silu' is not supported"),
-        ({"feed_forward_proj": "gelu"}, "erf GELU"),
+        ({"feed_forward_proj": "gated-tanh"}, "feed_forward_proj='gated-tanh' is not supported"),
+        ({"feed_forward_proj": "quick_gelu"}, r"only \['gated-gelu', .*'relu', .*\] map"),
         ({"model_type": "bart"}, "model_type 'bart' is not a T5 config"),
         ({"is_encoder_decoder": False}, "Only encoder-decoder"),
     ],
@@ -329,6 +329,22 @@ def test_config_from_hf_rejects_unsupported_settings(change, match):
         t5.config_from_hf(hf)
 
 
+@pytest.mark.parametrize(
+    "proj, ours", [("gelu", "gelu_exact"), ("gated-silu", "swiglu"), ("gated-relu", "reglu")]
+)
+def test_other_feed_forward_projs_match_transformers(proj, ours):
+    """T5's other MLP variants (the erf GELU, gated SiLU / ReLU): whole-model logits agree."""
+    hf_config = T5Config(**dict(SMALL, num_layers=1, feed_forward_proj=proj), dropout_rate=0.0)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(hf_config).eval()
+    config = t5.config_from_hf(hf_config)
+    assert config.activation == ours
+    assert t5.hf_config_dict(config)["feed_forward_proj"] == proj
+    state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    params = t5.import_t5(state, config)
+    _assert_parity(_our_forward(params, config), _hf_forward(model), f"T5 {proj}")
+
+
 def test_export_rejects_non_t5_configs_and_mismatched_params():
     ref = _reference("v1_1")
     rope = dataclasses.replace(ref.config, position="rope", num_kv_heads=2)
@@ -336,6 +352,16 @@ def test_export_rejects_non_t5_configs_and_mismatched_params():
         t5.export_t5({}, rope)
     with pytest.raises(ValueError, match="not a T5 layout"):
         t5.hf_config_dict(rope)
+    # The LLaMA-like families' settings are refused, each named, not silently dropped.
+    for field, value in (
+        ("qk_norm", True),
+        ("qkv_bias", True),
+        ("sliding_window", 8),
+        ("attn_logit_softcap", 50.0),
+        ("post_branch_norm", True),
+    ):
+        with pytest.raises(ValueError, match=f"{field}={value!r} \\(T5: "):
+            t5.hf_config_dict(dataclasses.replace(ref.config, **{field: value}))
     params = t5.import_t5(ref.state, ref.config)
     params["decoder"]["layers_1"]["mlp"]["wo"]["kernel"] = np.zeros((128, 32), np.float32)
     with pytest.raises(

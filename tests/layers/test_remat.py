@@ -13,9 +13,7 @@ from t5x_like.models.decoder_only import DecoderOnlyTransformer
 
 def _loss_fn(model):
     def loss(params, tokens, rng):
-        logits = model.apply(
-            {"params": params}, tokens, deterministic=False, rngs={"dropout": rng}
-        )
+        logits = model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": rng})
         return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
     return loss

@@ -136,5 +136,5 @@ def test_prompt_fits_the_learned_position_table_of_a_decoder_only_model():
 
 def test_hf_model_types_are_data_and_disjoint():
     types = [models.get(name).hf_model_types for name in models.FAMILIES]
-    decoder_only = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma")
+    decoder_only = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
     assert types == [decoder_only, ("t5",), ("bert", "roberta")]

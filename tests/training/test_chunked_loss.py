@@ -123,6 +123,16 @@ def test_config_rejects_a_negative_chunk_size():
         validation.validate_config(cfg, 1, 1)
 
 
+def test_config_refuses_final_logit_softcap_with_a_chunked_loss():
+    """The chunked head + loss never builds the full logits a soft-cap needs: refused at
+    config time, not when the model is traced."""
+    cfg = tiny_config(**{"train.loss_chunk_size": 64, "model.final_logit_softcap": 30.0})
+    with pytest.raises(config_lib.ConfigError, match="train.loss_chunk_size=0"):
+        validation.validate_config(cfg, 1, 1)
+    cfg.train.loss_chunk_size = 0
+    validation.validate_config(cfg, 1, 1)
+
+
 def test_first_argmax_is_argmax_with_ties():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 6, 33)).astype(np.float32)

@@ -27,8 +27,11 @@ def _train(workdir, corpus_dir, cache, steps):
 def _flip_bytes_in_largest_file(step_dir):
     """XORs 4 bytes at each eighth of the largest data file. (One spot is not always damage:
     OCDBT data files can hold superseded, unreferenced regions; seven spots hit used bytes.)"""
-    files = [p for p in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-             if os.path.isfile(p)]
+    files = [
+        p
+        for p in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+        if os.path.isfile(p)
+    ]
     largest = max(files, key=os.path.getsize)
     size = os.path.getsize(largest)
     with open(largest, "r+b") as f:

@@ -51,8 +51,11 @@ def _finetune_config(data_dir, init_from, **overrides):
 def _tree_snapshot(directory):
     """(path, size, mtime) of every file under `directory`."""
     return sorted(
-        (os.path.join(root, name), os.stat(os.path.join(root, name)).st_size,
-         os.stat(os.path.join(root, name)).st_mtime_ns)
+        (
+            os.path.join(root, name),
+            os.stat(os.path.join(root, name)).st_size,
+            os.stat(os.path.join(root, name)).st_mtime_ns,
+        )
         for root, _, names in os.walk(directory)
         for name in names
     )

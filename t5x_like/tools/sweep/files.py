@@ -10,25 +10,29 @@ import json
 import os
 from typing import Any
 
+from t5x_like.training.metrics_writer import read_metrics
+
+SPLITS = ("train", "eval")
+
 
 def read_metrics_jsonl(path: str) -> dict[str, dict[int, dict[str, Any]]]:
-    """{split: {step: last record}} of a metrics.jsonl ({} if missing; torn lines skipped).
+    """{split: {step: last record}} of the run whose `metrics.jsonl` is `path` ({} if it logged
+    nothing yet; torn lines skipped).
 
-    Same rule as training.metrics_writer.read_metrics (later lines win), all splits in one read,
-    but forgiving where read_metrics raises: a sweep reads the logs of runs that have not started
-    or were killed mid-line, and must report them rather than stop.
+    Read through training.metrics_writer.read_metrics, so the sweep follows whatever layout
+    the trainer writes; forgiving where read_metrics raises, because a sweep reads the logs of
+    runs that have not started or were killed, and must report them rather than stop.
     """
+    workdir = os.path.dirname(path)
     out: dict[str, dict[int, dict[str, Any]]] = {}
-    if not os.path.isfile(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # A line cut short by a killed run.
-            out.setdefault(record["split"], {})[int(record["step"])] = record
-    return {split: dict(sorted(steps.items())) for split, steps in out.items()}
+    for split in SPLITS:
+        try:
+            records = read_metrics(workdir, split)
+        except (FileNotFoundError, KeyError, TypeError, ValueError):
+            return {}
+        if records:
+            out[split] = records
+    return out
 
 
 def jsonable(value: Any) -> Any:

@@ -9,7 +9,8 @@ so tuples like `(1,2)` work). Grid axes are crossed (cartesian product); a zippe
 axes' i-th values and counts as one axis of the product. Values are parsed exactly as
 experiments/train.py parses `--config.<field>=value` (ml_collections, by the field's type), and
 every run's config is built and validated before anything is launched (`plan`). Each run gets a
-workdir `<root>/<name>` named after its swept values (`num_layers=2,learning_rate=0.001`) and a
+workdir `<root>/<name>` named after its swept values (`num_layers=2+learning_rate=0.001`: no
+commas or other characters a shell or report.py's `--workdirs=a,b` would split or expand) and a
 launch command for experiments/train.py; `<root>/sweep.json` records them all.
 """
 
@@ -44,7 +45,11 @@ REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."
 TRAIN_SCRIPT = os.path.join(REPO, "experiments", "train.py")
 SWEEP_JSON = "sweep.json"
 MAX_NAME_LEN = 80
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+# Characters a run name keeps: none that a shell expands or splits, or that report.py's
+# comma-separated --workdirs would split (a name is a path component in both).
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+# Joins a name's `field=value` parts.
+NAME_SEPARATOR = "+"
 _OPENERS, _CLOSERS = "([{", ")]}"
 
 
@@ -284,11 +289,12 @@ def _short_hash(obj: Any) -> str:
 
 
 def run_names(fields: Sequence[str], runs: Sequence[dict[str, Any]]) -> list[str]:
-    """Unique, deterministic, filesystem-safe names, e.g. `num_layers=2,learning_rate=0.001`.
+    """Unique, deterministic, shell-safe names, e.g. `num_layers=2+learning_rate=0.001`.
 
     A field is named by its last component unless two swept fields share it. Characters other
-    than letters, digits and `._,=+-` become `_`; names longer than MAX_NAME_LEN, and names that
-    collide once made safe, end in a hash of their values.
+    than letters, digits and `._=+-` become `_` (a tuple `(1, 2)` reads `_1_2_`), so a name
+    needs no quoting in a shell and holds no comma; names longer than MAX_NAME_LEN, and names
+    that collide once made safe, end in a hash of their values.
     """
     leaves = [f.rsplit(".", 1)[-1] for f in fields]
     labels = {
@@ -296,7 +302,7 @@ def run_names(fields: Sequence[str], runs: Sequence[dict[str, Any]]) -> list[str
     }
     names = []
     for run in runs:
-        name = ",".join(f"{labels[f]}={format_value(run[f])}" for f in fields)
+        name = NAME_SEPARATOR.join(f"{labels[f]}={format_value(run[f])}" for f in fields)
         name = _NAME_UNSAFE.sub("_", name)
         if len(name) > MAX_NAME_LEN:
             name = f"{name[: MAX_NAME_LEN - 9]}-{_short_hash(run)}"
@@ -377,8 +383,15 @@ def plan(
     return fields, runs
 
 
-def write_sweep_json(root: str, spec: SweepSpec, fields: Sequence[str], runs: Sequence[Run]) -> str:
-    """`<root>/sweep.json`: the spec, the swept fields and every run (name, workdir, command)."""
+def write_sweep_json(
+    root: str,
+    spec: SweepSpec,
+    fields: Sequence[str],
+    runs: Sequence[Run],
+    metric: tuple[str, str] | None = None,
+) -> str:
+    """`<root>/sweep.json`: the spec, the swept fields, every run (name, workdir, command) and
+    the target metric (name, min|max|auto) its results are ranked by."""
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, SWEEP_JSON)
     previous = load_json(path)
@@ -394,10 +407,18 @@ def write_sweep_json(root: str, spec: SweepSpec, fields: Sequence[str], runs: Se
         "spec": dataclasses.asdict(spec),
         "fields": list(fields),
         "runs": [run.to_json() for run in runs],
+        "metric": list(metric) if metric else None,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(path, record)
     return path
+
+
+def load_sweep_metric(root: str) -> tuple[str, str] | None:
+    """The target metric (name, mode) recorded in `<root>/sweep.json`, or None."""
+    record = load_json(os.path.join(os.path.abspath(os.path.expanduser(root)), SWEEP_JSON))
+    metric = (record or {}).get("metric")
+    return (metric[0], metric[1]) if metric else None
 
 
 def load_sweep_json(root: str) -> tuple[list[str], list[Run]]:
