@@ -26,13 +26,12 @@ unless --config names another file; any field can be overridden with
 every process decodes its rows of each batch and process 0 writes.
 """
 
-import os
 import sys
 
 import jax
 from absl import app, flags
 
-from t5x_like import decoding, distributed, host_memory
+from t5x_like import decoding, distributed, host_memory, storage
 from t5x_like.cli import main_with_clear_errors
 from t5x_like.experiment import decode_eval, restore
 from t5x_like.experiment.inference import (
@@ -153,7 +152,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"Error: {e}")
     if jax.process_index() != 0:  # Every process has all the results; one writes them.
         return
-    output = _OUTPUT.value or os.path.join(run.workdir, "infer", f"step_{run.step}.jsonl")
+    output = _OUTPUT.value or storage.join(run.workdir, "infer", f"step_{run.step}.jsonl")
     decode_eval.write_jsonl(output, results)
     if not _INTERACTIVE.value:
         for result in results:

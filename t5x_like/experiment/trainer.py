@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -309,9 +310,10 @@ def train(cfg: config_dict.ConfigDict, workdir: str) -> dict[str, Any]:
             async_save=train_cfg.async_checkpoint,
         )
         host = f"host {socket.gethostname()} process {jax.process_index()}/{jax.process_count()}"
-        # The watchdog writes its dump with local file calls: into the workdir when it is on
-        # this disk, else into the current directory.
-        dump_dir = None if storage.is_remote(workdir) else workdir
+        # The watchdog writes its dump with local file calls, and a stuck upload may be why
+        # it fires: into the workdir when it is on this disk, else this host's temp dir (the
+        # one line names the file).
+        dump_dir = tempfile.gettempdir() if storage.is_remote(workdir) else workdir
         watch = watchdog.Watchdog(train_cfg.watchdog_s, host=host, dump_dir=dump_dir)
         with watch, preemption.PreemptionGuard() as stop_signal:
             # Closed however the run ends: pending saves finish, no writer thread is left.

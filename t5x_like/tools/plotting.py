@@ -263,6 +263,6 @@ def plot_members(
 ) -> list[str]:
     """Writes `members_figure` as a PNG at `out_path`; returns the labels of runs left out."""
     fig, skipped = members_figure(workdirs, metrics, split, labels, highlight)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=DPI)
+    with storage.open_for_write(storage.resolve(out_path)) as f:  # A sweep on a bucket too.
+        fig.savefig(f, format="png", dpi=DPI)
     return skipped
