@@ -33,11 +33,11 @@ from absl import app, flags
 
 from t5x_like import decoding, distributed, host_memory, storage
 from t5x_like.cli import main_with_clear_errors
+from t5x_like.data import text_files
 from t5x_like.experiment import decode_eval, restore
 from t5x_like.experiment.inference import (
     TRUNCATE_SIDES,
     Generator,
-    decode_line,
     generate_text,
     read_prompts,
 )
@@ -116,7 +116,7 @@ def _interactive(run: restore.RestoredRun, config: decoding.DecodeConfig) -> lis
             return results
         number += 1
         try:
-            prompt = decode_line(raw, "<stdin>", number).strip()
+            prompt = text_files.decode_line(raw, "<stdin>", number, what="the prompts").strip()
             if not prompt:
                 continue
             (result,) = generator([prompt])

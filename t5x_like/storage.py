@@ -176,6 +176,11 @@ def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def write_json(path: str, record: Any) -> None:
+    """A JSON report, indented with sorted keys, written whole (`write_bytes`)."""
+    write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
 def remove(path: str, missing_ok: bool = True) -> None:
     """Deletes one file (object)."""
     try:

@@ -57,14 +57,15 @@ def is_user_files(name: str) -> bool:
     return os.path.isdir(path) and any(f.endswith(EXTENSIONS) for f in os.listdir(path))
 
 
-def decode_line(raw: bytes, path: str, number: int) -> str:
-    """Line `number` of `path` as text, line break and a leading UTF-8 BOM dropped."""
+def decode_line(raw: bytes, path: str, number: int, what: str = "the file") -> str:
+    """Line `number` of `path` as text, line break and a leading UTF-8 BOM dropped; the error
+    for bytes that are not UTF-8 says to save `what` as UTF-8."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-            f"{e.start + 1}): save the file as UTF-8."
+            f"{e.start + 1}): save {what} as UTF-8."
         ) from None
     text = text.rstrip("\r\n")
     return text.removeprefix("\ufeff") if number == 1 else text
@@ -77,23 +78,25 @@ def read_lines(path: str) -> Iterator[tuple[int, str]]:
             yield number, decode_line(raw, path, number)
 
 
-def parse_jsonl_line(line: str, path: str, number: int) -> dict[str, Any] | None:
-    """The JSON object on line `number` of `path`, or None for a blank line."""
+def parse_jsonl_line(
+    line: str,
+    path: str,
+    number: int,
+    holds: str = 'a .jsonl file holds one object per line, e.g. {"text": "..."}',
+) -> dict[str, Any] | None:
+    """The JSON object on line `number` of `path`, or None for a blank line; the errors end
+    with `holds`, what such a file should hold."""
     if not line.strip():
         return None
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise ConfigError(
-            f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno}): a .jsonl file "
-            'holds one object per line, e.g. {"text": "..."}.'
+            f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno}): {holds}."
         ) from None
     if not isinstance(record, dict):
         kind = _JSON_TYPES.get(type(record), type(record).__name__)
-        raise ConfigError(
-            f"{path}:{number}: {kind}, not a JSON object: a .jsonl file holds one object per "
-            'line, e.g. {"text": "..."}.'
-        )
+        raise ConfigError(f"{path}:{number}: {kind}, not a JSON object: {holds}.")
     return record
 
 

@@ -12,7 +12,6 @@ before anything is compiled.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from typing import Any
@@ -88,11 +87,6 @@ class _CountingEvalStep:
 
 def default_output(workdir: str, step: int) -> str:
     return storage.join(storage.resolve(workdir), "eval", f"step_{step}.json")
-
-
-def _write_json(path: str, report: dict[str, Any]) -> None:
-    # Whole-file write, atomic on a local disk and on object stores (t5x_like/storage.py).
-    storage.write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def evaluate_checkpoint(
@@ -180,7 +174,7 @@ def evaluate_checkpoint(
     if examples:
         report["decodes"] = os.path.splitext(output)[0] + ".decodes.jsonl"
     if jax.process_index() == 0:
-        _write_json(output, report)
+        storage.write_json(output, report)
         if examples:
             decode_eval.write_jsonl(report["decodes"], examples)
     return report

@@ -13,7 +13,6 @@ process 0 only).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from t5x_like import decoding, partitioning
-from t5x_like.data import tokenizers
+from t5x_like.data import text_files, tokenizers
 from t5x_like.data.preprocessors import BOS_ID
 from t5x_like.data.sharded_iterator import process_rows
 from t5x_like.experiment.restore import RestoredRun
@@ -37,25 +36,16 @@ STDIN = "-"
 # What to do with a prompt longer than the model's context: refuse it ("off"), or keep its
 # last ("left": tokens dropped on the left) or first ("right") tokens, with a warning.
 TRUNCATE_SIDES = ("off", "left", "right")
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
-_JSON_TYPES.update({bool: "true/false", type(None): "null"})
 
 
 def _jsonl_prompt(line: str, name: str, number: int) -> str:
     """The prompt text of JSONL line `number` of `name`; ValueError naming the line."""
-    example = 'one object per line, e.g. {"prompt": "..."}'
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{name}:{number}: not valid JSON ({e.msg} at column {e.colno}): a .jsonl prompts "
-            f"file holds {example}."
-        ) from None
-    if not isinstance(record, dict):
-        kind = _JSON_TYPES.get(type(record), type(record).__name__)
-        raise ValueError(
-            f"{name}:{number}: {kind}, not a JSON object: a .jsonl prompts file holds {example}."
-        )
+    record = text_files.parse_jsonl_line(
+        line,
+        name,
+        number,
+        'a .jsonl prompts file holds one object per line, e.g. {"prompt": "..."}',
+    )
     key = next((k for k in PROMPT_KEYS if k in record), None)
     if key is None:
         raise ValueError(f"{name}:{number}: no prompt text; use one of the keys {PROMPT_KEYS}.")
@@ -64,24 +54,11 @@ def _jsonl_prompt(line: str, name: str, number: int) -> str:
     return record[key]
 
 
-def decode_line(raw: bytes, name: str, number: int) -> str:
-    """Line `number` of `name` as text (a UTF-8 BOM dropped); ValueError naming the line and
-    the first byte that is not UTF-8."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{name}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-            f"{e.start + 1}): save the prompts as UTF-8."
-        ) from None
-    return text.removeprefix("\ufeff") if number == 1 else text
-
-
 def _prompts_from_lines(lines: Iterable[bytes], name: str, jsonl: bool) -> list[str]:
     """The non-empty lines of `lines` (JSONL records with `jsonl`), stripped."""
     out = []
     for number, raw in enumerate(lines, start=1):
-        line = decode_line(raw, name, number).strip()
+        line = text_files.decode_line(raw, name, number, what="the prompts").strip()
         if line:
             out.append(_jsonl_prompt(line, name, number) if jsonl else line)
     return out

@@ -538,7 +538,7 @@ def score_checkpoint(
         **result,
     }
     if jax.process_index() == 0:  # Whole and atomic, on local disk or an object store.
-        storage.write_text(output, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        storage.write_json(output, report)
     return report
 
 
